@@ -5,8 +5,13 @@ prompt template `<name>.txt` whose `{}` placeholders are filled in order.
 """
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -52,3 +57,199 @@ class Service:
         if name is None or name == "":
             return self.flavors[0] if len(self.flavors) == 1 else None
         return next((f for f in self.flavors if f.name == name), None)
+
+
+class ManifestError(ValueError):
+    """A manifest or template that cannot be loaded; the message names the problem."""
+
+
+MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# manifest key -> (Flavor attribute, accepted types, required)
+FLAVOR_KEYS: dict[str, tuple[str, tuple[type, ...], bool]] = {
+    "name": ("name", (str,), True),
+    "modelName": ("model", (str,), True),
+    "totalContextLength": ("total_context_length", (int,), True),
+    "maxGenerationLength": ("max_generation_length", (int,), True),
+    "createNewTurnAfter": ("create_new_turn_after", (int,), True),
+    "summaryTurns": ("summary_turns", (int,), True),
+    "maxNewTurns": ("max_new_turns", (int,), True),
+    "temperature": ("temperature", (int, float), False),
+    "top_p": ("top_p", (int, float), False),
+    "tokenizerClass": ("tokenizer_class", (str,), False),
+    "tokenizer": ("tokenizer", (str,), False),
+    "reduceSummary": ("reduce_summary", (bool,), False),
+    "reduce_prompt": ("reduce_prompt", (str,), False),
+    "consolidateSummary": ("consolidate_summary", (bool,), False),
+    "apiBase": ("api_base", (str,), False),
+    "apiKeyEnv": ("api_key_env", (str,), False),
+    "maxConcurrentRequests": ("max_concurrent_requests", (int,), False),
+    "fallbackFlavor": ("fallback_flavor", (str,), False),
+}
+
+
+def read_manifest_file(path: str) -> Any:
+    """Parse a JSON or YAML manifest file into Python data."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read the manifest: {exc}") from None
+    try:
+        if path.endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise ManifestError(f"invalid {kind}: {exc}".replace("\n", " ")) from None
+
+
+def count_fields(template: str) -> int:
+    """How many `{}` placeholders a template has; stray braces are an error."""
+    rest = template.replace("{}", "")
+    if "{" in rest or "}" in rest:
+        raise ManifestError("the template has braces other than the {} placeholders"
+                            " (write the text without { or }, each {} is one field)")
+    return template.count("{}")
+
+
+def read_template(path: str, fields: int) -> str:
+    """Read a prompt template and check it has exactly `fields` placeholders."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            template = handle.read()
+    except FileNotFoundError:
+        raise ManifestError(f"the template {os.path.basename(path)} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read the template {os.path.basename(path)}: {exc}") from None
+    found = count_fields(template)
+    if found != fields:
+        raise ManifestError(f"the template {os.path.basename(path)} has {found} {{}} placeholder(s)"
+                            f" but the manifest says fields = {fields}")
+    return template
+
+
+def _check_type(where: str, key: str, value: Any, kinds: tuple[type, ...]) -> None:
+    # bool is an int in Python; a JSON `true` must not pass as a length.
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join("number" if k is float else {str: "string", int: "integer", bool: "boolean"}.get(k, k.__name__)
+                            for k in kinds if not (k is int and float in kinds))
+        raise ManifestError(f"{where}: '{key}' must be a {names}, got {json.dumps(value)}")
+
+
+def parse_flavor(data: Any, index: int, folder: str) -> Flavor:
+    """Validate one flavor entry of a manifest and build the Flavor."""
+    where = f"flavor #{index + 1}"
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: must be an object")
+    if isinstance(data.get("name"), str):
+        where = f"flavor '{data['name']}'"
+    unknown = sorted(set(data) - set(FLAVOR_KEYS))
+    if unknown:
+        raise ManifestError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, (attr, kinds, required) in FLAVOR_KEYS.items():
+        if key not in data or data[key] is None:
+            if required:
+                raise ManifestError(f"{where}: missing required key '{key}'")
+            continue
+        _check_type(where, key, data[key], kinds)
+        values[attr] = float(data[key]) if float in kinds else data[key]
+    flavor = Flavor(**values)
+    if not NAME_PATTERN.match(flavor.name):
+        raise ManifestError(f"{where}: the name may only use letters, digits, '_' and '-'")
+    for attr, key in (("total_context_length", "totalContextLength"), ("max_generation_length", "maxGenerationLength"),
+                      ("create_new_turn_after", "createNewTurnAfter"), ("max_new_turns", "maxNewTurns")):
+        if getattr(flavor, attr) <= 0:
+            raise ManifestError(f"{where}: '{key}' must be positive")
+    if flavor.summary_turns < 0:
+        raise ManifestError(f"{where}: 'summaryTurns' must be 0 or more")
+    if flavor.max_generation_length >= flavor.total_context_length:
+        raise ManifestError(f"{where}: 'maxGenerationLength' ({flavor.max_generation_length}) must be smaller than"
+                            f" 'totalContextLength' ({flavor.total_context_length})")
+    if not 0 <= flavor.temperature <= 2:
+        raise ManifestError(f"{where}: 'temperature' must be between 0 and 2")
+    if not 0 < flavor.top_p <= 1:
+        raise ManifestError(f"{where}: 'top_p' must be greater than 0 and at most 1")
+    if flavor.max_concurrent_requests is not None and flavor.max_concurrent_requests <= 0:
+        raise ManifestError(f"{where}: 'maxConcurrentRequests' must be positive")
+    if flavor.reduce_summary and not flavor.reduce_prompt:
+        raise ManifestError(f"{where}: 'reduceSummary' needs 'reduce_prompt' (a template file)")
+    if flavor.reduce_prompt:
+        read_template(_inside(folder, flavor.reduce_prompt, where), 1)
+    return flavor
+
+
+def _inside(folder: str, name: str, where: str) -> str:
+    """The path of `name` in `folder`; refuses names that climb out of it."""
+    path = os.path.realpath(os.path.join(folder, name))
+    if os.path.dirname(path) != os.path.realpath(folder):
+        raise ManifestError(f"{where}: '{name}' must be a file name inside the services folder")
+    return path
+
+
+def load_service(manifest_path: str) -> Service:
+    """Load, validate and return the service described by one manifest file."""
+    folder = os.path.dirname(os.path.abspath(manifest_path))
+    if os.path.islink(manifest_path) and os.path.dirname(os.path.realpath(manifest_path)) != os.path.realpath(folder):
+        raise ManifestError("the manifest is a symbolic link to a file outside the services folder")
+    data = read_manifest_file(manifest_path)
+    if not isinstance(data, dict):
+        raise ManifestError("the manifest must be an object (a mapping of keys to values)")
+    for key in ("name", "fields", "flavor"):
+        if key not in data:
+            raise ManifestError(f"missing required key '{key}'")
+    name = data["name"]
+    _check_type("manifest", "name", name, (str,))
+    if not NAME_PATTERN.match(name):
+        raise ManifestError(f"the service name {name!r} may only use letters, digits, '_' and '-'")
+    _check_type("manifest", "fields", data["fields"], (int,))
+    if data["fields"] not in (1, 2):
+        raise ManifestError("'fields' must be 1 (turns only) or 2 (previous summary, then turns)")
+    for key in ("type", "backend"):
+        if key in data:
+            _check_type("manifest", key, data[key], (str,))
+    description = data.get("description", {})
+    if isinstance(description, str):
+        description = {"en": description}
+    if not isinstance(description, dict) or not all(isinstance(v, str) for v in description.values()):
+        raise ManifestError("'description' must be a string or an object of language → text")
+    flavors_data = data["flavor"]
+    if not isinstance(flavors_data, list) or not flavors_data:
+        raise ManifestError("'flavor' must be a non-empty list of flavors")
+    flavors = tuple(parse_flavor(item, i, folder) for i, item in enumerate(flavors_data))
+    names = [f.name for f in flavors]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ManifestError(f"flavor name(s) used twice: {', '.join(duplicated)}")
+    for flavor in flavors:
+        if flavor.fallback_flavor is not None and flavor.fallback_flavor not in names:
+            raise ManifestError(f"flavor '{flavor.name}': 'fallbackFlavor' {flavor.fallback_flavor!r} is not a flavor"
+                                " of this service")
+    stem = os.path.splitext(os.path.basename(manifest_path))[0]
+    template_path = _inside(folder, stem + ".txt", "manifest")
+    template = read_template(template_path, data["fields"])
+    service = Service(name=name, fields=data["fields"], flavors=flavors, template_path=template_path,
+                      manifest_path=os.path.abspath(manifest_path), type=data.get("type", "summary"),
+                      description=description, backend=data.get("backend", "vLLM"), raw=data)
+    for flavor in flavors:
+        check_prompt_room(service, flavor, template)
+    return service
+
+
+def check_prompt_room(service: Service, flavor: Flavor, template: str) -> None:
+    """Reject a flavor whose template and reserved lengths leave no room for the transcript."""
+    # The real tokenizer of a flavor may live behind the engine; the check here uses a
+    # deliberately optimistic estimate (4 characters a token) so it only rejects flavors
+    # that can never work. The exact budget is enforced when batches are planned.
+    reserve = flavor.summary_turns * flavor.create_new_turn_after if service.fields == 2 else 0
+    room = flavor.total_context_length - flavor.max_generation_length - reserve - len(template) // 4
+    if room < 16:
+        raise ManifestError(f"flavor '{flavor.name}': the template ({len(template) // 4}+ tokens), the generation length"
+                            f" ({flavor.max_generation_length}) and the summary context ({reserve}) leave no room for"
+                            f" the transcript in a context of {flavor.total_context_length} tokens")

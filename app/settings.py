@@ -1,0 +1,113 @@
+"""Every setting of the gateway: its flag, environment variable, default and help, in one object.
+
+A flag beats its environment variable, which beats the default. The names and defaults of
+the seed version are kept (`--api_base` / `OPENAI_API_BASE`, `--workers` / `CONCURRENCY`, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+def _setting(flag: str, env: str | None, default: Any, help: str, kind: type = str) -> Any:
+    """Declare one setting: a dataclass field carrying its flag, env var and help."""
+    return field(default=default, metadata={"flag": flag, "env": env, "help": help, "kind": kind})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's configuration, read once at start-up; tests build it directly."""
+
+    service_name: str = _setting("--service_name", "SERVICE_NAME", "LLM_Gateway", "Name of this gateway (logs, OpenAPI title).")
+    api_base: str = _setting("--api_base", "OPENAI_API_BASE", "http://localhost:9000/v1", "Base URL of the OpenAI-compatible engine.")
+    api_key: str = _setting("--api_key", "OPENAI_API_TOKEN", "EMPTY", "API key sent to the engine (never logged).")
+    host: str = _setting("--host", "HOST", "0.0.0.0", "Address the HTTP API binds to.")
+    service_port: int = _setting("--service_port", "HTTP_PORT", 8000, "Port the HTTP API listens on.", int)
+    workers: int = _setting("--workers", "CONCURRENCY", 2, "Number of Gunicorn worker processes.", int)
+    timeout: int = _setting("--timeout", "TIMEOUT", 60, "Request timeout in seconds (Gunicorn workers and engine calls).", int)
+    swagger_url: str = _setting("--swagger_url", "SWAGGER_URL", "/docs", "Path of the Swagger UI.")
+    swagger_prefix: str = _setting("--swagger_prefix", "SWAGGER_PREFIX", "", "Prefix put before every route (e.g. behind a reverse proxy).")
+    swagger_path: str = _setting("--swagger_path", "SWAGGER_PATH", "document/swagger_llm_gateway.yml", "Base OpenAPI document (info, tags, shared schemas).")
+    debug: bool = _setting("--debug", "DEBUG", False, "Log at debug level.", bool)
+    db_path: str = _setting("--db_path", "RESULT_DB_PATH", "./results.sqlite", "Path of the SQLite job database.")
+    services_dir: str = _setting("--services_dir", "SERVICES_DIR", "./services", "Folder of service manifests and prompt templates (watched).")
+    max_concurrent_jobs: int = _setting("--max_concurrent_jobs", "MAX_CONCURRENT_JOBS", 4, "Jobs the runner processes at once.", int)
+    engine_concurrency: int = _setting("--engine_concurrency", "ENGINE_CONCURRENCY", 8, "Requests in flight to one engine at once.", int)
+    engine_timeout: int = _setting("--engine_timeout", "ENGINE_TIMEOUT", 600, "Seconds before one engine call is abandoned (and retried).", int)
+    engine_retries: int = _setting("--engine_retries", "ENGINE_RETRIES", 8, "Retries of one engine call on transient errors.", int)
+    max_upload_mb: int = _setting("--max_upload_mb", "MAX_UPLOAD_MB", 20, "Largest accepted transcript upload, in MB.", int)
+    reload_debounce: float = _setting("--reload_debounce", "RELOAD_DEBOUNCE", 0.3, "Seconds of quiet before the services folder is reloaded.", float)
+
+    def __post_init__(self) -> None:
+        for name, low in (("service_port", 0), ("workers", 1), ("timeout", 1), ("max_concurrent_jobs", 1),
+                          ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("max_upload_mb", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}")
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """The settings safe to show (the engine key is masked)."""
+        values = dataclasses.asdict(self)
+        values["api_key"] = "***"
+        return values
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    """The declared settings, in order."""
+    return list(dataclasses.fields(Settings))
+
+
+def _convert(raw: str, kind: type, name: str) -> Any:
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser: one flag per setting, plus the role to run."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m app",
+        description="LLM Gateway: queue transcripts, summarize them through an OpenAI-compatible engine.",
+        epilog="Each flag can also be set by the environment variable named in brackets; a flag beats its variable.",
+    )
+    parser.add_argument("role", nargs="?", default="all", choices=("all", "web", "runner"),
+                        help="all (default): web server and job runner, supervised; web or runner: one of them alone.")
+    for f in setting_fields():
+        meta = f.metadata
+        env = f" [{meta['env']}]" if meta["env"] else ""
+        if meta["kind"] is bool:
+            parser.add_argument(meta["flag"], dest=f.name, action="store_const", const=True, default=None,
+                                help=f"{meta['help']}{env}")
+        else:
+            parser.add_argument(meta["flag"], dest=f.name, default=None, metavar=f.name.upper(),
+                                help=f"{meta['help']} Default: {f.default!r}.{env}")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, Settings]:
+    """Read the role and the settings from flags, then environment variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in setting_fields():
+        meta = f.metadata
+        given = getattr(args, f.name)
+        if given is not None:
+            values[f.name] = given if meta["kind"] is bool else _convert(given, meta["kind"], meta["flag"])
+        elif meta["env"] and meta["env"] in environ:
+            values[f.name] = _convert(environ[meta["env"]], meta["kind"], meta["env"])
+    return args.role, Settings(**values)
