@@ -1,0 +1,157 @@
+"""The job runner: claims queued jobs from the store and runs them, a few at a time.
+
+`Runner.tick()` does one round of work (beat, claim while there are free slots) and is what
+tests drive; `run_runner()` wraps it in a loop for the runner process. A failing job ends
+`failed` with a clear message and never stops the runner.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from app.chunking import BudgetError
+from app.engine import EngineError, RetryPolicy, get_engine
+from app.jobs import Job, JobStore
+from app.manifests import ManifestError, read_template
+from app.registry import ServiceRegistry
+from app.settings import Settings
+from app.summarize import JobInterrupted, summarize
+from app.tokenizers import get_tokenizer
+from app.transcript import TranscriptError, parse_transcript
+
+log = logging.getLogger(__name__)
+
+BEAT_EVERY_S = 2.0
+
+
+class JobFailed(Exception):
+    """A job cannot go on; the message is shown to the user."""
+
+
+class Runner:
+    """Runs up to `settings.max_concurrent_jobs` jobs at once, each in its own thread."""
+
+    def __init__(self, settings: Settings, store: JobStore, registry: ServiceRegistry,
+                 summarize_fn: Callable = summarize):
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.summarize_fn = summarize_fn
+        self.stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="job")
+        self._running: dict[str, Future] = {}
+        self._last_beat = 0.0
+
+    @property
+    def running(self) -> int:
+        """How many jobs are in progress."""
+        return len(self._running)
+
+    def recover(self) -> int:
+        """At start-up, put back in the queue the jobs a previous runner left processing."""
+        count = self.store.requeue_processing()
+        if count:
+            log.warning("runner: %d job(s) left processing by a previous run were queued again", count)
+        return count
+
+    def tick(self, now: float | None = None) -> int:
+        """Beat, forget finished jobs, claim queued jobs into free slots; return how many were started."""
+        now = time.time() if now is None else now
+        if now - self._last_beat >= BEAT_EVERY_S:
+            self.store.beat("runner", {"pid": os.getpid(), "running": self.running}, now=now)
+            self._last_beat = now
+        self._running = {job_id: f for job_id, f in self._running.items() if not f.done()}
+        started = 0
+        while not self.stopping.is_set() and self.running < self.settings.max_concurrent_jobs:
+            job = self.store.claim_next(now=now)
+            if job is None:
+                break
+            log.info("runner: job %s claimed (%s/%s, attempt %d)", job.id, job.service, job.flavor, job.attempts)
+            self._running[job.id] = self._pool.submit(self.run_job, job)
+            started += 1
+        return started
+
+    def run_job(self, job: Job) -> None:
+        """Run one job to its end: complete, failed, or back in the queue if interrupted."""
+        try:
+            result = self._summarize(job)
+        except JobInterrupted:
+            self.store.requeue(job.id, "interrupted by a shutdown; it will resume where it stopped")
+            log.info("runner: job %s interrupted; queued again", job.id)
+        except (JobFailed, EngineError, TranscriptError, ManifestError, BudgetError) as exc:
+            self.store.fail(job.id, str(exc))
+            log.warning("runner: job %s failed: %s", job.id, exc)
+        except Exception as exc:  # a bug in one job must not stop the runner
+            log.exception("runner: job %s failed unexpectedly", job.id)
+            self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            self.store.complete(job.id, result.text, result.usage, result.warnings)
+            log.info("runner: job %s complete (%s)", job.id, result.usage)
+
+    def _summarize(self, job: Job):
+        service = self.registry.get(job.service)
+        if service is None:
+            raise JobFailed(f"the service '{job.service}' is no longer loaded")
+        flavor = service.flavor(job.flavor)
+        if flavor is None:
+            raise JobFailed(f"the service '{job.service}' no longer has a flavor '{job.flavor}'")
+        # Templates are read at each job's start, so an edit applies to the next job.
+        template = read_template(service.template_path, service.fields)
+        reduce_template = None
+        if flavor.reduce_summary and flavor.reduce_prompt:
+            reduce_template = read_template(os.path.join(os.path.dirname(service.template_path), flavor.reduce_prompt), 1)
+        turns = parse_transcript(job.input_text, job.input_name)
+        api_base = flavor.api_base or self.settings.api_base
+        api_key = (os.environ.get(flavor.api_key_env) if flavor.api_key_env else None) or self.settings.api_key
+        concurrency = flavor.max_concurrent_requests or self.settings.engine_concurrency
+        engine = get_engine(api_base, api_key, self.settings.engine_timeout, concurrency)
+        tokenizer = get_tokenizer(flavor, api_base, api_key)
+        return self.summarize_fn(
+            turns, template=template, fields=service.fields, flavor=flavor, tokenizer=tokenizer, engine=engine,
+            temperature=job.params.get("temperature", flavor.temperature), top_p=job.params.get("top_p", flavor.top_p),
+            reduce_template=reduce_template, checkpoint=job.checkpoint,
+            on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing"),
+            on_message=lambda message: self.store.set_message(job.id, message),
+            should_stop=self.stopping.is_set, concurrency=concurrency,
+            retry_policy=RetryPolicy(max_retries=self.settings.engine_retries))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop claiming, let running jobs reach their next checkpoint, re-queue what is left."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for job_id, future in list(self._running.items()):
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                pass
+        for job_id, future in self._running.items():
+            if not future.done():
+                self.store.requeue(job_id, "interrupted by a shutdown; it will resume where it stopped")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_runner(settings: Settings, poll_interval: float = 0.2) -> None:
+    """The runner process: recover, then tick until SIGTERM/SIGINT."""
+    store = JobStore(settings.db_path)
+    store.init_schema()
+    registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
+    runner = Runner(settings, store, registry)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    runner.recover()
+    log.info("runner: started (pid %d, up to %d jobs at once)", os.getpid(), settings.max_concurrent_jobs)
+    while not stop.is_set():
+        try:
+            runner.tick()
+        except Exception:  # the loop never dies; a database hiccup is retried next tick
+            log.exception("runner: tick failed")
+        stop.wait(poll_interval)
+    log.info("runner: stopping")
+    runner.shutdown(timeout=max(1.0, settings.timeout / 4))
+    registry.stop()

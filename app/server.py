@@ -1,0 +1,46 @@
+"""Serving the Flask app with Gunicorn, started from Python (no gunicorn command line)."""
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+from app.settings import Settings
+
+
+class GatewayServer(BaseApplication):
+    """Gunicorn with gthread workers; each worker builds its own app after the fork."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": f"{s.host}:{s.service_port}",
+            "workers": s.workers,
+            "timeout": s.timeout,
+            # gthread: a slow client holds a thread, not the whole worker.
+            "worker_class": "gthread",
+            "threads": 8,
+            "graceful_timeout": 10,
+            "loglevel": "debug" if s.debug else "info",
+            "accesslog": None,
+            "errorlog": "-",
+            "proc_name": f"{s.service_name}-web",
+            # No preload: create_app (database, watched registry) runs in each worker,
+            # so no thread is started before the fork.
+            "preload_app": False,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from app.logs import configure_logging
+        from app.web import create_app
+        configure_logging(self.settings, "web")
+        return create_app(self.settings)
+
+
+def run_web(settings: Settings) -> None:
+    """Run Gunicorn in this process until it is stopped (SIGTERM/SIGINT)."""
+    GatewayServer(settings).run()

@@ -1,0 +1,86 @@
+"""Accepting a transcript for a service: validate everything, then queue one job."""
+from __future__ import annotations
+
+from typing import Any
+
+from app.jobs import Job, JobStore
+from app.registry import ServiceRegistry
+from app.transcript import TranscriptError, parse_transcript
+
+
+class NotFound(LookupError):
+    """The service or flavor asked for does not exist."""
+
+
+class InvalidSubmission(ValueError):
+    """The submission cannot be processed; the message says why."""
+
+
+def _check_range(name: str, value: float | None, low: float, high: float, low_open: bool = False) -> None:
+    if value is None:
+        return
+    if (value <= low if low_open else value < low) or value > high:
+        bound = f"greater than {low}" if low_open else f"at least {low}"
+        raise InvalidSubmission(f"'{name}' must be {bound} and at most {high}, got {value}")
+
+
+def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, content: bytes | str,
+           filename: str | None = None, flavor: str | None = None, temperature: float | None = None,
+           top_p: float | None = None) -> str:
+    """Validate a submission against the live services and queue it; return the job id."""
+    service = registry.get(service_name)
+    if service is None:
+        raise NotFound(f"No service called '{service_name}'. Known services: "
+                       f"{', '.join(sorted(registry.snapshot.services)) or 'none'}.")
+    chosen = service.flavor(flavor)
+    if chosen is None:
+        names = ", ".join(f.name for f in service.flavors)
+        if not flavor:
+            raise InvalidSubmission(f"Service '{service.name}' has several flavors; choose one with 'flavor' ({names}).")
+        raise NotFound(f"Service '{service.name}' has no flavor '{flavor}'. Its flavors: {names}.")
+    _check_range("temperature", temperature, 0.0, 2.0)
+    _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
+    try:
+        turns = parse_transcript(content, filename)
+    except TranscriptError as exc:
+        raise InvalidSubmission(str(exc)) from None
+    if not turns:
+        raise InvalidSubmission("The transcript has no text to summarize.")
+    text = content if isinstance(content, str) else _decoded(content, filename)
+    params: dict[str, Any] = {}
+    if temperature is not None:
+        params["temperature"] = temperature
+    if top_p is not None:
+        params["top_p"] = top_p
+    return store.create_job(service=service.name, flavor=chosen.name, input_text=text, params=params,
+                            input_name=filename)
+
+
+def _decoded(content: bytes, filename: str | None) -> str:
+    # Stored as text so the runner parses exactly what was validated here.
+    from app.transcript import decode_bytes
+    return decode_bytes(content)
+
+
+def describe(job: Job) -> dict[str, Any]:
+    """The public view of a job, as GET /results/<id> shows it."""
+    body: dict[str, Any] = {
+        "jobId": job.id,
+        "status": job.status,
+        "progress": job.progress,
+        "message": job.message,
+        "service": job.service,
+        "flavor": job.flavor,
+        "createdAt": job.created_at,
+        "startedAt": job.started_at,
+        "finishedAt": job.finished_at,
+    }
+    if job.status == "complete":
+        body["summarization"] = job.result
+        if job.warnings:
+            body["warnings"] = job.warnings
+    if job.status == "failed":
+        body["error"] = job.error
+    if job.usage is not None:
+        body["usage"] = job.usage
+    return body

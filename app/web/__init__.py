@@ -1,0 +1,37 @@
+"""The HTTP API: `create_app(settings)` builds the Flask app; nothing happens at import time."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from app.jobs import JobStore
+from app.registry import ServiceRegistry
+from app.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | None = None,
+               store: JobStore | None = None) -> Flask:
+    """Build the app: open the job store, load and watch the services folder, register routes."""
+    from app.web import errors, health, openapi, results, services
+
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
+    app.json.sort_keys = False
+    app.extensions["settings"] = settings
+    if store is None:
+        store = JobStore(settings.db_path)
+        store.init_schema()
+    app.extensions["store"] = store
+    if registry is None:
+        registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
+    app.extensions["registry"] = registry
+
+    errors.init_app(app)
+    prefix = settings.swagger_prefix.rstrip("/") or None
+    for blueprint in (services.bp, results.bp, health.bp):
+        app.register_blueprint(blueprint, url_prefix=prefix)
+    openapi.init_app(app, settings)
+    logging.getLogger(__name__).debug("app created with %s", settings.public())
+    return app

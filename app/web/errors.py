@@ -1,0 +1,53 @@
+"""One error shape for every non-2xx response: {"error": <kind>, "message": <text>, "status": <code>}."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered to the client with a status code and a message."""
+
+    def __init__(self, status: int, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+
+
+def error_response(status: int, message: str, kind: str | None = None):
+    """The JSON error body and status every error handler returns."""
+    kind = kind or _KINDS.get(status, "error")
+    response = jsonify({"error": kind, "message": message, "status": status})
+    response.status_code = status
+    return response
+
+
+_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+          422: "unprocessable", 429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
+
+
+def init_app(app: Flask) -> None:
+    """Route every error through error_response."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.message, exc.kind)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"The upload is larger than the limit of {limit // (1024 * 1024)} MB." if limit else exc.description
+            return error_response(413, message)
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error while serving a request")
+        return error_response(500, "Internal error; see the gateway's logs.")

@@ -1,0 +1,149 @@
+"""Routes for the services: list them, show one, submit a transcript to one."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request, url_for
+
+from app import submissions
+from app.web import context
+from app.web.errors import ApiError
+
+bp = Blueprint("services", __name__)
+
+
+def service_view(service) -> dict:
+    """A service as the seed showed it: its manifest, as written."""
+    return service.raw
+
+
+@bp.get("/services")
+def list_services():
+    """List the loaded services and the manifest files that failed to load.
+    ---
+    tags: [services]
+    responses:
+      200:
+        description: The loaded manifests (keyed by service name) and an `errors` list.
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/ServiceList'}
+    """
+    snapshot = context.registry().snapshot
+    body = {name: service_view(s) for name, s in sorted(snapshot.services.items())}
+    body["errors"] = list(snapshot.errors)
+    return jsonify(body)
+
+
+@bp.get("/services/<name>")
+def get_service(name: str):
+    """Show one service's manifest.
+    ---
+    tags: [services]
+    parameters:
+      - {name: name, in: path, required: true, schema: {$ref: '#/components/schemas/ServiceName'}}
+    responses:
+      200:
+        description: The service's manifest.
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Service'}
+      404:
+        description: No such service.
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Error'}
+    """
+    service = context.registry().get(name)
+    if service is None:
+        raise ApiError(404, f"No service called '{name}'.")
+    return jsonify(service_view(service))
+
+
+def _number(name: str, raw) -> float | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise ApiError(400, f"'{name}' must be a number, got {raw!r}.")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"'{name}' must be a number, got {raw!r}.") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(400, f"'{name}' must be a finite number.")
+    return value
+
+
+def _read_submission() -> dict:
+    """The submission from a multipart form or a JSON body, as plain values."""
+    if request.mimetype == "application/json":
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise ApiError(400, "The JSON body must be an object: {\"content\": ..., \"flavor\": ...}.")
+        content = data.get("content")
+        if content is None:
+            raise ApiError(400, "The JSON body needs 'content': the transcript text.")
+        if not isinstance(content, (str, list, dict)):
+            raise ApiError(400, "'content' must be the transcript text (or a list of segments).")
+        if isinstance(content, (list, dict)):
+            import json
+            content = json.dumps(content)
+        flavor = data.get("flavor")
+        if flavor is not None and not isinstance(flavor, str):
+            raise ApiError(400, "'flavor' must be a string.")
+        return {"content": content, "filename": data.get("filename") if isinstance(data.get("filename"), str) else None,
+                "flavor": flavor, "temperature": data.get("temperature"), "top_p": data.get("top_p")}
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        upload = request.files.get("file")
+        text = request.form.get("content")
+        if upload is not None and text:
+            raise ApiError(400, "Send the transcript once: either 'file' or 'content', not both.")
+        if upload is None and text is None:
+            raise ApiError(400, "No transcript: send it as the 'file' field (multipart) or as 'content'.")
+        content = upload.read() if upload is not None else text
+        return {"content": content, "filename": upload.filename if upload is not None else None,
+                "flavor": request.form.get("flavor"), "temperature": request.form.get("temperature"),
+                "top_p": request.form.get("top_p")}
+    raise ApiError(415, "Send multipart/form-data (file=@transcript.txt) or application/json ({\"content\": ...}).")
+
+
+@bp.post("/services/<name>/generate")
+def generate(name: str):
+    """Queue a transcript for summarization by a service.
+    ---
+    tags: [services]
+    parameters:
+      - {name: name, in: path, required: true, schema: {$ref: '#/components/schemas/ServiceName'}}
+    requestBody:
+      required: true
+      content:
+        multipart/form-data:
+          schema: {$ref: '#/components/schemas/GenerateForm'}
+        application/json:
+          schema: {$ref: '#/components/schemas/GenerateJson'}
+    responses:
+      202:
+        description: The job is queued; poll the Location.
+        headers:
+          Location: {description: URL of the job's result, schema: {type: string}}
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Accepted'}
+      400: {description: Invalid input., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
+      404: {description: Unknown service or flavor., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
+      413: {description: Upload too large., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
+      415: {description: Unsupported content type., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
+    """
+    values = _read_submission()
+    temperature = _number("temperature", values["temperature"])
+    top_p = _number("top_p", values["top_p"])
+    flavor = values["flavor"] or None
+    try:
+        job_id = submissions.submit(context.store(), context.registry(), name, content=values["content"],
+                                    filename=values["filename"], flavor=flavor, temperature=temperature, top_p=top_p)
+    except submissions.NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except submissions.InvalidSubmission as exc:
+        raise ApiError(400, str(exc)) from None
+    response = jsonify({"jobId": job_id, "message": "Request successfully queued"})
+    response.status_code = 202
+    response.headers["Location"] = url_for("results.get_result", job_id=job_id)
+    return response
