@@ -139,7 +139,8 @@ def _check_type(where: str, key: str, value: Any, kinds: tuple[type, ...]) -> No
     if not ok:
         names = " or ".join("number" if k is float else {str: "string", int: "integer", bool: "boolean"}.get(k, k.__name__)
                             for k in kinds if not (k is int and float in kinds))
-        raise ManifestError(f"{where}: '{key}' must be a {names}, got {json.dumps(value)}")
+        article = "an" if names[0] in "aeiou" else "a"
+        raise ManifestError(f"{where}: '{key}' must be {article} {names}, got {json.dumps(value)}")
 
 
 def parse_flavor(data: Any, index: int, folder: str) -> Flavor:

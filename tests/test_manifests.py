@@ -1,0 +1,118 @@
+"""Manifest validation: every rule gives a clear message; valid files load in JSON and YAML."""
+import os
+
+import pytest
+
+from app.manifests import ManifestError, load_service
+from app.registry import load_folder
+from tests.manifest_factory import flavor, manifest, write_service
+
+
+def test_shipped_services_load():
+    snapshot = load_folder("services")
+    assert snapshot.errors == ()
+    assert {"cra", "cred", "summary"} <= set(snapshot.services)
+    cra = snapshot.services["cra"]
+    assert [f.name for f in cra.flavors][:2] == ["mixtral", "vigostral"]
+    mixtral = cra.flavor("mixtral")
+    assert (mixtral.total_context_length, mixtral.max_generation_length, mixtral.create_new_turn_after,
+            mixtral.summary_turns, mixtral.max_new_turns) == (32768, 2048, 178, 2, 6)
+    assert snapshot.services["summary"].flavor("smollm2-135m").model == "smollm2-135m"
+
+
+def test_json_and_yaml_load_the_same(tmp_path):
+    a = load_service(write_service(str(tmp_path), "one", manifest(name="one")))
+    b = load_service(write_service(str(tmp_path), "two", manifest(name="two"), suffix=".yaml"))
+    assert a.flavors == b.flavors and a.fields == b.fields == 2
+    assert a.flavor(None) is a.flavors[0]  # one flavor: the flavor may be omitted
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"fields": 2, "flavor": [flavor()]}, "missing required key 'name'"),
+    (manifest(fields=3), "'fields' must be 1"),
+    (manifest(fields="2"), "'fields' must be an integer"),
+    (manifest(name="../evil"), "may only use letters"),
+    (manifest(flavors=[]), "non-empty list"),
+    (manifest(flavors=[flavor(temperature=3)]), "'temperature' must be between 0 and 2"),
+    (manifest(flavors=[flavor(temperature=-1)]), "'temperature' must be between 0 and 2"),
+    (manifest(flavors=[flavor(top_p=0)]), "'top_p' must be greater than 0"),
+    (manifest(flavors=[flavor(top_p=1.5)]), "'top_p' must be greater than 0"),
+    (manifest(flavors=[flavor(totalContextLength=0)]), "'totalContextLength' must be positive"),
+    (manifest(flavors=[flavor(maxGenerationLength=4096)]), "must be smaller than"),
+    (manifest(flavors=[flavor(maxNewTurns="6")]), "'maxNewTurns' must be an integer"),
+    (manifest(flavors=[flavor(maxNewTurns=True)]), "'maxNewTurns' must be an integer"),
+    (manifest(flavors=[flavor(), flavor()]), "used twice: small"),
+    (manifest(flavors=[{"name": "x"}]), "missing required key 'modelName'"),
+    (manifest(flavors=[flavor(colour="red")]), "unknown key(s) colour"),
+    (manifest(flavors=[flavor(fallbackFlavor="nope")]), "'fallbackFlavor'"),
+    (manifest(flavors=[flavor(reduceSummary=True)]), "needs 'reduce_prompt'"),
+    (manifest(flavors=[flavor(totalContextLength=1000, maxGenerationLength=600, createNewTurnAfter=200)]), "no room"),
+])
+def test_invalid_manifests_are_refused_with_a_clear_message(tmp_path, data, needle):
+    path = write_service(str(tmp_path), "svc", data, template="A {}\nB {}\n" if data.get("fields") != 1 else "A {}\n")
+    with pytest.raises(ManifestError) as info:
+        load_service(path)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("template,needle", [
+    ("only one {}", "has 1 {} placeholder(s) but the manifest says fields = 2"),
+    ("{} and {} and {}", "has 3"),
+    ("{} and {name} {}", "braces other than"),
+    ("{} and } {}", "braces other than"),
+])
+def test_template_must_match_fields(tmp_path, template, needle):
+    with pytest.raises(ManifestError, match=needle.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(").replace(")", r"\)")):
+        load_service(write_service(str(tmp_path), "svc", manifest(), template=template))
+
+
+def test_missing_template_is_reported(tmp_path):
+    with pytest.raises(ManifestError, match="template svc.txt is missing"):
+        load_service(write_service(str(tmp_path), "svc", manifest(), template=False))
+
+
+def test_invalid_json_and_yaml(tmp_path):
+    (tmp_path / "bad.json").write_text('{"name": "bad", ')
+    (tmp_path / "bad.txt").write_text("{}\n{}")
+    (tmp_path / "worse.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    snapshot = load_folder(str(tmp_path))
+    messages = {e["file"]: e["message"] for e in snapshot.errors}
+    assert messages["bad.json"].startswith("invalid JSON")
+    assert messages["worse.yaml"].startswith("invalid YAML")
+    assert "must be an object" in messages["list.json"]
+    assert snapshot.services == {}
+
+
+def test_two_files_with_the_same_name(tmp_path):
+    write_service(str(tmp_path), "a", manifest(name="same"))
+    write_service(str(tmp_path), "b", manifest(name="same"))
+    snapshot = load_folder(str(tmp_path))
+    assert list(snapshot.services) == ["same"]
+    assert snapshot.services["same"].manifest_path.endswith("a.json")
+    assert snapshot.errors == ({"file": "b.json", "message": "the service name 'same' is already used by a.json"},)
+
+
+def test_symlink_outside_the_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    inside = tmp_path / "services"
+    outside.mkdir()
+    inside.mkdir()
+    target = write_service(str(outside), "svc", manifest())
+    os.symlink(target, inside / "svc.json")
+    (inside / "svc.txt").write_text("{}\n{}")
+    snapshot = load_folder(str(inside))
+    assert snapshot.services == {}
+    assert "outside the services folder" in snapshot.errors[0]["message"]
+
+
+def test_reduce_prompt_must_be_inside_and_have_one_field(tmp_path):
+    data = manifest(flavors=[flavor(reduceSummary=True, reduce_prompt="../reduce.txt")])
+    with pytest.raises(ManifestError, match="inside the services folder"):
+        load_service(write_service(str(tmp_path), "svc", data))
+    (tmp_path / "reduce.txt").write_text("Summarize: {} {}")
+    data = manifest(flavors=[flavor(reduceSummary=True, reduce_prompt="reduce.txt")])
+    with pytest.raises(ManifestError, match="reduce.txt has 2"):
+        load_service(write_service(str(tmp_path), "svc", data))
+    (tmp_path / "reduce.txt").write_text("Summarize: {}")
+    assert load_service(write_service(str(tmp_path), "svc", data)).flavors[0].reduce_summary
