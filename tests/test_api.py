@@ -1,0 +1,199 @@
+"""The HTTP API through Flask's test client: routes, submissions, validation, one error shape, OpenAPI."""
+import io
+import json
+
+import pytest
+from openapi_spec_validator import validate
+
+from app.jobs import JobStore
+from app.registry import ServiceRegistry
+from app.settings import Settings
+from app.web import create_app
+from tests.manifest_factory import flavor, manifest, write_service
+
+SMALL_FR = open("tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt", "rb").read()
+
+
+@pytest.fixture
+def services_dir(tmp_path):
+    folder = tmp_path / "services"
+    folder.mkdir()
+    write_service(str(folder), "two", manifest(name="two", flavors=[flavor("a"), flavor("b")]))
+    write_service(str(folder), "one", manifest(name="one", fields=1))
+    return folder
+
+
+@pytest.fixture
+def app(tmp_path, services_dir):
+    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(services_dir), max_upload_mb=1,
+                        api_base="http://127.0.0.1:9/v1")
+    registry = ServiceRegistry(str(services_dir))
+    registry.reload()
+    return create_app(settings, registry=registry)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def assert_error(response, status):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error", "message", "status"}
+    assert body["status"] == status and isinstance(body["error"], str) and body["message"]
+    return body
+
+
+def test_services_list_and_one(client):
+    body = client.get("/services").get_json()
+    assert set(body) == {"one", "two", "errors"}
+    assert body["two"]["flavor"][1]["name"] == "b"  # seed shape: the manifest as written
+    assert body["errors"] == []
+    assert client.get("/services/one").get_json()["fields"] == 1
+    assert_error(client.get("/services/nope"), 404)
+
+
+def test_multipart_submission_then_result(client, app):
+    response = client.post("/services/two/generate",
+                           data={"file": (io.BytesIO(SMALL_FR), "meeting.txt"), "flavor": "a", "temperature": "0.3"})
+    assert response.status_code == 202
+    job_id = response.get_json()["jobId"]
+    assert response.headers["Location"] == f"/results/{job_id}"
+    assert response.get_json()["message"]
+    result = client.get(f"/results/{job_id}")
+    assert result.status_code == 202
+    body = result.get_json()
+    assert (body["status"], body["progress"], body["service"], body["flavor"]) == ("queued", 0, "two", "a")
+    job = app.extensions["store"].get(job_id)
+    assert job.params == {"temperature": 0.3}
+    assert "Yves Jégo" in job.input_text
+
+
+def test_json_submission_and_single_flavor_default(client, app):
+    response = client.post("/services/one/generate", json={"content": "Alice : bonjour\nBob : salut", "top_p": 0.5})
+    assert response.status_code == 202
+    job = app.extensions["store"].get(response.get_json()["jobId"])
+    assert (job.flavor, job.params) == ("small", {"top_p": 0.5})
+
+
+def test_finished_jobs_answer_200(client, app):
+    store: JobStore = app.extensions["store"]
+    done = store.create_job(service="one", flavor="small", input_text="A : b")
+    store.claim_next()
+    store.complete(done, "A : résumé", {"calls": 1})
+    body = client.get(f"/results/{done}")
+    assert body.status_code == 200
+    assert body.get_json()["summarization"] == "A : résumé" and body.get_json()["progress"] == 100
+    failed = store.create_job(service="one", flavor="small", input_text="A : b")
+    store.claim_next()
+    store.fail(failed, "engine said no")
+    body = client.get(f"/results/{failed}")
+    assert body.status_code == 200 and body.get_json()["error"] == "engine said no"
+    assert_error(client.get("/results/does-not-exist"), 404)
+
+
+@pytest.mark.parametrize("path,kwargs,status,needle", [
+    ("/services/nope/generate", {"json": {"content": "A : b"}}, 404, "No service called 'nope'"),
+    ("/services/two/generate", {"json": {"content": "A : b", "flavor": "zzz"}}, 404, "no flavor 'zzz'"),
+    ("/services/two/generate", {"json": {"content": "A : b"}}, 400, "choose one with 'flavor'"),
+    ("/services/one/generate", {"json": {"content": "A : b", "temperature": "abc"}}, 400, "'temperature' must be a number"),
+    ("/services/one/generate", {"json": {"content": "A : b", "temperature": -1}}, 400, "'temperature' must be"),
+    ("/services/one/generate", {"json": {"content": "A : b", "temperature": 3}}, 400, "'temperature' must be"),
+    ("/services/one/generate", {"json": {"content": "A : b", "top_p": 0}}, 400, "'top_p' must be greater than 0"),
+    ("/services/one/generate", {"json": {"content": "A : b", "top_p": 1.5}}, 400, "'top_p' must be"),
+    ("/services/one/generate", {"json": ["not", "an", "object"]}, 400, "must be an object"),
+    ("/services/one/generate", {"json": {"flavor": "small"}}, 400, "needs 'content'"),
+    ("/services/one/generate", {"json": {"content": ""}}, 400, ""),
+    ("/services/one/generate", {"json": {"content": "   \n\t "}}, 400, ""),
+    ("/services/one/generate", {"data": "hello", "content_type": "text/plain"}, 415, "multipart/form-data"),
+    ("/services/one/generate", {"data": {"flavor": "small"}}, 400, "No transcript"),
+    ("/services/one/generate", {"data": {"content": "A : b", "file": (io.BytesIO(b"A : b"), "a.txt")}}, 400, "not both"),
+    ("/services/one/generate", {"data": {"file": (io.BytesIO(b""), "empty.txt")}}, 400, ""),
+    ("/services/one/generate", {"data": {"file": (io.BytesIO(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), "x.png")}}, 400, ""),
+    ("/services/one/generate", {"data": {"file": (io.BytesIO(b"A : b\x00\x00c"), "nul.txt")}}, 400, ""),
+    ("/services/one/generate", {"data": {"file": (io.BytesIO(b"x" * (1024 * 1024 + 10)), "big.txt")}}, 413, "1 MB"),
+    ("/services/..%2F..%2Fetc/generate", {"json": {"content": "A : b"}}, 404, ""),
+    ("/services/%2e%2e/generate", {"json": {"content": "A : b"}}, 404, ""),
+])
+def test_bad_submissions_get_a_clear_4xx(client, app, path, kwargs, status, needle):
+    before = app.extensions["store"].count_by_status()
+    body = assert_error(client.post(path, **kwargs), status)
+    assert needle in body["message"]
+    assert app.extensions["store"].count_by_status() == before  # nothing queued
+
+
+def test_every_route_answers_errors_in_one_shape(client, app):
+    """Walk the URL map: each route gets a request that must fail, and the body has the one shape."""
+    probes = {
+        "/services": ("delete", {}, 405),
+        "/services/<name>": ("get", {"name": "nope"}, 404),
+        "/services/<name>/generate": ("post", {"name": "nope"}, 404),
+        "/results/<job_id>": ("get", {"job_id": "nope"}, 404),
+        "/healthcheck": ("post", {}, 405),
+        "/health": ("post", {}, 405),
+        "/openapi.json": ("post", {}, 405),
+        "/docs": ("post", {}, 405),
+    }
+    seen = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.rule.startswith("/flasgger_static") or "oauth2" in rule.rule \
+                or rule.rule == "/apidocs/index.html":
+            continue
+        assert rule.rule in probes, f"no error probe for {rule.rule}"
+        method, args, status = probes[rule.rule]
+        url = rule.rule
+        for key, value in args.items():
+            url = url.replace(f"<{key}>", value)
+        response = getattr(client, method)(url, json={"content": "A : b"} if method == "post" else None)
+        assert_error(response, status)
+        seen.add(rule.rule)
+    assert seen == set(probes)
+    assert_error(client.get("/no/such/route"), 404)
+
+
+def test_openapi_is_valid_and_lists_live_services(client, services_dir):
+    spec = client.get("/openapi.json").get_json()
+    validate(spec)
+    assert spec["components"]["schemas"]["ServiceName"]["enum"] == ["one", "two"]
+    for path in ("/services", "/services/{name}", "/services/{name}/generate", "/results/{job_id}",
+                 "/healthcheck", "/health"):
+        assert path in spec["paths"], path
+    assert client.get("/docs").status_code == 200
+    assert "swagger" in client.get("/docs").get_data(as_text=True).lower()
+
+
+def test_prefix_and_swagger_url(tmp_path, services_dir):
+    settings = Settings(db_path=str(tmp_path / "j.sqlite"), services_dir=str(services_dir),
+                        swagger_prefix="/gateway", swagger_url="/apidocs")
+    registry = ServiceRegistry(str(services_dir))
+    registry.reload()
+    client = create_app(settings, registry=registry).test_client()
+    assert client.get("/gateway/services").status_code == 200
+    assert client.get("/services").status_code == 404
+    assert client.get("/gateway/apidocs").status_code == 200
+    spec = client.get("/gateway/openapi.json").get_json()
+    validate(spec)
+    assert spec["servers"] == [{"url": "/gateway"}] and "/services" in spec["paths"]
+    response = client.post("/gateway/services/one/generate", json={"content": "A : b"})
+    assert response.headers["Location"].startswith("/gateway/results/")
+
+
+def test_health_reports_each_part(client, app):
+    body = client.get("/health").get_json()
+    assert body["database"]["ok"] is True
+    assert body["registry"]["services"] == 2
+    assert body["runner"]["alive"] is False  # no runner beats in this test
+    assert body["engine"]["reachable"] is False  # nothing listens on port 9
+    assert body["status"] == "down"
+    app.extensions["store"].beat("runner", {"pid": 1})
+    assert client.get("/health").get_json()["runner"]["alive"] is True
+    assert client.get("/healthcheck").status_code == 200
+
+
+def test_invalid_manifest_is_listed_under_errors(tmp_path, services_dir, client, app):
+    (services_dir / "broken.json").write_text("{nope")
+    app.extensions["registry"].reload()
+    body = client.get("/services").get_json()
+    assert body["errors"][0]["file"] == "broken.json"
+    assert json.dumps(body)  # serializable
