@@ -27,7 +27,7 @@ class Settings:
     host: str = _setting("--host", "HOST", "0.0.0.0", "Address the HTTP API binds to.")
     service_port: int = _setting("--service_port", "HTTP_PORT", 8000, "Port the HTTP API listens on.", int)
     workers: int = _setting("--workers", "CONCURRENCY", 2, "Number of Gunicorn worker processes.", int)
-    timeout: int = _setting("--timeout", "TIMEOUT", 60, "Request timeout in seconds (Gunicorn workers and engine calls).", int)
+    timeout: int = _setting("--timeout", "TIMEOUT", 60, "Request timeout in seconds (a Gunicorn worker silent for longer is restarted).", int)
     swagger_url: str = _setting("--swagger_url", "SWAGGER_URL", "/docs", "Path of the Swagger UI.")
     swagger_prefix: str = _setting("--swagger_prefix", "SWAGGER_PREFIX", "", "Prefix put before every route (e.g. behind a reverse proxy).")
     swagger_path: str = _setting("--swagger_path", "SWAGGER_PATH", "document/swagger_llm_gateway.yml", "Base OpenAPI document (info, tags, shared schemas).")

@@ -1,0 +1,41 @@
+"""The README is checked against the code: the settings table and the two set-up commands."""
+import re
+
+from app.settings import setting_fields
+
+README = open("README.md", encoding="utf-8").read()
+
+
+def readme_settings_rows():
+    rows = {}
+    for line in README.splitlines():
+        match = re.match(r"^\| `(--\w+)` \| `(\w+)` \| (.+?) \| (.+?) \|$", line)
+        if match:
+            rows[match.group(1)] = match.groups()[1:]
+    return rows
+
+
+def shown_default(value):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"`{value}`" if value != "" else "(empty)"
+
+
+def test_readme_settings_table_matches_the_code():
+    rows = readme_settings_rows()
+    fields = setting_fields()
+    assert set(rows) == {f.metadata["flag"] for f in fields}
+    for f in fields:
+        env, default, help_text = rows[f.metadata["flag"]]
+        assert env == f.metadata["env"], f.name
+        assert default == shown_default(f.default), f.name
+        assert help_text == f.metadata["help"], f.name
+
+
+def test_readme_has_the_install_and_test_commands_ci_runs():
+    assert "python3 -m pip install -r requirements.txt && python3 -m app" in README
+    test_command = "python3 -m pip install -r requirements-dev.txt && python3 -m pytest"
+    assert test_command in README
+    ci = open(".ci/run", encoding="utf-8").read()
+    assert "python3 -m pip install" in ci and "requirements-dev.txt" in ci
+    assert "python3 -m pytest" in ci

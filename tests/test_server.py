@@ -1,0 +1,130 @@
+"""The real `python3 -m app`: Gunicorn with 2 workers, the runner process, a fake engine process.
+
+Submit → poll → complete; hot reload seen by every worker and the runner; kill -9 of the
+whole server with queued jobs, restart, every job completes; SIGTERM stops cleanly.
+"""
+import shutil
+import sqlite3
+import time
+
+import pytest
+import requests
+
+from tests.manifest_factory import manifest, write_service
+from tests.processes import FakeEngineProcess, Gateway, wait_until
+
+pytestmark = pytest.mark.slow
+
+FR_SMALL = "tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt"
+EN_SMALL = "tests/data/en/en_small_ami_TS3010a.txt"
+
+
+@pytest.fixture
+def engine():
+    eng = FakeEngineProcess("--delay", "0.02")
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture
+def services(tmp_path):
+    folder = tmp_path / "services"
+    shutil.copytree("services", folder)
+    return folder
+
+
+@pytest.fixture
+def gateway(tmp_path, engine, services):
+    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+    yield gw
+    gw.stop()
+
+
+def speakers_in_order(path):
+    lines = [l for l in open(path, encoding="utf-8").read().splitlines() if " : " in l]
+    return [l.split(" : ", 1)[0] for l in lines]
+
+
+def test_submit_poll_complete(gateway, engine):
+    job_id = gateway.submit("cra", FR_SMALL, flavor="smollm2-135m")
+    first = gateway.result(job_id)
+    assert first["_http"] == 202 and first["status"] in ("queued", "processing")
+    result = gateway.wait_finished(job_id)
+    assert result["_http"] == 200 and result["status"] == "complete", result
+    assert result["progress"] == 100
+    # The fake echoes "Speaker : first words" for every turn it receives: each turn arrived once, in order.
+    summary_speakers = [line.split(" : ", 1)[0] for line in result["summarization"].splitlines()]
+    assert summary_speakers == speakers_in_order(FR_SMALL)
+    assert result["usage"]["calls"] == len(engine.chat_requests()) >= 1
+    assert {r["model"] for r in engine.chat_requests()} == {"smollm2-135m"}
+    json_job = gateway.submit("summary", text=open(EN_SMALL, encoding="utf-8").read(), flavor="smollm2-135m")
+    assert gateway.wait_finished(json_job)["status"] == "complete"
+
+
+def test_the_engine_key_is_never_logged(tmp_path, engine, services):
+    secret = "sk-test-very-secret-4242"
+    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), env={"OPENAI_API_TOKEN": secret}).start()
+    try:
+        job_id = gw.submit("cred", FR_SMALL, flavor="smollm2-135m")
+        assert gw.wait_finished(job_id)["status"] == "complete"
+        assert {r["authorization"] for r in engine.chat_requests()} == {f"Bearer {secret}"}
+        for route in ("/services", "/health", "/openapi.json", f"/results/{job_id}"):
+            assert secret not in requests.get(gw.url + route, timeout=10).text
+    finally:
+        gw.stop()
+    assert secret not in gw.logs()
+
+
+def test_hot_reload_reaches_every_worker_and_the_runner(gateway, services):
+    write_service(str(services), "newsvc", manifest(name="newsvc", fields=1))
+    time.sleep(2.0)
+    # Fresh connections spread over both workers; every one must know the new service.
+    codes = [requests.get(f"{gateway.url}/services/newsvc", timeout=5, headers={"Connection": "close"}).status_code
+             for _ in range(30)]
+    assert codes == [200] * 30
+    job_id = gateway.submit("newsvc", text="Alice : bonjour à tous\nBob : merci")
+    assert gateway.wait_finished(job_id)["status"] == "complete"
+    (services / "newsvc.json").unlink()
+    time.sleep(2.0)
+    codes = {requests.get(f"{gateway.url}/services/newsvc", timeout=5, headers={"Connection": "close"}).status_code
+             for _ in range(30)}
+    assert codes == {404}
+
+
+def test_kill_9_with_queued_jobs_then_restart_completes_all(tmp_path, services):
+    engine = FakeEngineProcess("--delay", "0.3")
+    try:
+        gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+        ids = [gw.submit("cra", FR_SMALL, flavor="smollm2-135m") for _ in range(6)]
+        wait_until(lambda: any(gw.result(i)["status"] == "processing" for i in ids), 30, what="a job to start")
+        gw.kill9()
+        statuses = dict(sqlite3.connect(gw.db_path).execute("SELECT id, status FROM jobs").fetchall())
+        print(f"after kill -9: {sorted(statuses.values())}")
+        assert set(statuses) == set(ids)
+        assert "processing" in statuses.values() and "queued" in statuses.values()
+        restarted = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, port=gw.port,
+                            db_path=gw.db_path).start()
+        try:
+            results = [restarted.wait_finished(i, timeout=120) for i in ids]
+        finally:
+            restarted.stop()
+        print(f"after restart: {[r['status'] for r in results]}")
+        assert [r["status"] for r in results] == ["complete"] * 6
+    finally:
+        engine.stop()
+
+
+def test_sigterm_stops_cleanly_and_requeues_the_running_job(tmp_path, services):
+    engine = FakeEngineProcess("--delay", "0.5")
+    try:
+        gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+        long_text = "\n".join(f"Orateur {i % 5} : intervention numéro {i} sur le budget." for i in range(200))
+        job_id = gw.submit("cra", text=long_text, flavor="smollm2-135m")
+        wait_until(lambda: gw.result(job_id)["progress"] > 0, 60, what="the job to make progress")
+        assert gw.terminate(timeout=60) == 0
+        row = sqlite3.connect(gw.db_path).execute("SELECT status, checkpoint, message FROM jobs WHERE id = ?",
+                                                  (job_id,)).fetchone()
+        assert row[0] == "queued" and row[1] is not None
+        assert "resume" in row[2]
+    finally:
+        engine.stop()
