@@ -235,6 +235,43 @@ class JobStore:
                 " WHERE status = ?", (JobStatus.QUEUED.value, now, JobStatus.PROCESSING.value))
             return cursor.rowcount
 
+    def cancel(self, job_id: str, now: float | None = None) -> str | None:
+        """Cancel a queued job at once, ask a processing one to stop, delete a finished one.
+
+        Returns what was done: "cancelled", "cancelling", "deleted", or None for an unknown id.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] == JobStatus.QUEUED.value:
+                conn.execute("UPDATE jobs SET status = ?, message = 'cancelled', finished_at = ?, updated_at = ?"
+                             " WHERE id = ?", (JobStatus.CANCELLED.value, now, now, job_id))
+                return "cancelled"
+            if row["status"] == JobStatus.PROCESSING.value:
+                conn.execute("UPDATE jobs SET cancel_requested = 1, message = 'cancelling: stops before its next batch',"
+                             " updated_at = ? WHERE id = ?", (now, job_id))
+                return "cancelling"
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return "deleted"
+
+    def mark_cancelled(self, job_id: str, now: float | None = None) -> None:
+        """A processing job stopped on request: it ends cancelled."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            conn.execute("UPDATE jobs SET status = ?, message = 'cancelled', finished_at = ?, updated_at = ?"
+                         " WHERE id = ? AND status = ?",
+                         (JobStatus.CANCELLED.value, now, now, job_id, JobStatus.PROCESSING.value))
+
+    def purge_finished(self, older_than_s: float, now: float | None = None) -> int:
+        """Delete finished jobs that ended more than `older_than_s` seconds ago; return how many."""
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            cursor = conn.execute(f"DELETE FROM jobs WHERE status IN ({','.join('?' * len(FINISHED))})"
+                                  " AND finished_at < ?", (*FINISHED, now - older_than_s))
+            return cursor.rowcount
+
     def beat(self, name: str, info: dict[str, Any] | None = None, now: float | None = None) -> None:
         """Record that a background process (e.g. the runner) is alive."""
         now = time.time() if now is None else now
@@ -253,6 +290,29 @@ class JobStore:
         """One job, or None."""
         row = self._connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel this job."""
+        row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def list_jobs(self, status: str | None = None, service: str | None = None, limit: int = 50,
+                  offset: int = 0) -> tuple[list[Job], int]:
+        """Jobs newest first, filtered by status and service; and how many match in all."""
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        conn = self._connect()
+        total = conn.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
+        # The input text can be megabytes; a listing does not need it.
+        rows = conn.execute(f"SELECT *, '' AS input_text FROM jobs{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                            (*args, limit, offset)).fetchall()
+        return [Job.from_row(row) for row in rows], total
 
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""

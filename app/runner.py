@@ -27,6 +27,7 @@ from app.transcript import TranscriptError, parse_transcript
 log = logging.getLogger(__name__)
 
 BEAT_EVERY_S = 2.0
+PURGE_EVERY_S = 3600.0
 
 
 class JobFailed(Exception):
@@ -46,6 +47,7 @@ class Runner:
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="job")
         self._running: dict[str, Future] = {}
         self._last_beat = 0.0
+        self._last_purge = 0.0
 
     @property
     def running(self) -> int:
@@ -65,6 +67,11 @@ class Runner:
         if now - self._last_beat >= BEAT_EVERY_S:
             self.store.beat("runner", {"pid": os.getpid(), "running": self.running}, now=now)
             self._last_beat = now
+        if self.settings.result_ttl_days > 0 and now - self._last_purge >= PURGE_EVERY_S:
+            purged = self.store.purge_finished(self.settings.result_ttl_days * 86400, now=now)
+            self._last_purge = now
+            if purged:
+                log.info("runner: %d finished job(s) older than %g days deleted", purged, self.settings.result_ttl_days)
         self._running = {job_id: f for job_id, f in self._running.items() if not f.done()}
         started = 0
         while not self.stopping.is_set() and self.running < self.settings.max_concurrent_jobs:
@@ -81,8 +88,12 @@ class Runner:
         try:
             result = self._summarize(job)
         except JobInterrupted:
-            self.store.requeue(job.id, "interrupted by a shutdown; it will resume where it stopped")
-            log.info("runner: job %s interrupted; queued again", job.id)
+            if self.store.cancel_requested(job.id):
+                self.store.mark_cancelled(job.id)
+                log.info("runner: job %s cancelled", job.id)
+            else:
+                self.store.requeue(job.id, "interrupted by a shutdown; it will resume where it stopped")
+                log.info("runner: job %s interrupted; queued again", job.id)
         except (JobFailed, EngineError, TranscriptError, ManifestError, BudgetError) as exc:
             self.store.fail(job.id, str(exc))
             log.warning("runner: job %s failed: %s", job.id, exc)
@@ -117,7 +128,7 @@ class Runner:
             reduce_template=reduce_template, checkpoint=job.checkpoint,
             on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing"),
             on_message=lambda message: self.store.set_message(job.id, message),
-            should_stop=self.stopping.is_set, concurrency=concurrency,
+            should_stop=lambda: self.stopping.is_set() or self.store.cancel_requested(job.id), concurrency=concurrency,
             retry_policy=RetryPolicy(max_retries=self.settings.engine_retries))
 
     def shutdown(self, timeout: float = 10.0) -> None:

@@ -39,6 +39,11 @@ class Settings:
     engine_timeout: int = _setting("--engine_timeout", "ENGINE_TIMEOUT", 600, "Seconds before one engine call is abandoned (and retried).", int)
     engine_retries: int = _setting("--engine_retries", "ENGINE_RETRIES", 8, "Retries of one engine call on transient errors.", int)
     max_upload_mb: int = _setting("--max_upload_mb", "MAX_UPLOAD_MB", 20, "Largest accepted transcript upload, in MB.", int)
+    api_keys: str = _setting("--api_keys", "API_KEYS", "", "Comma-separated gateway keys; when set (or a keys file is), requests need 'Authorization: Bearer <key>'.")
+    api_keys_file: str = _setting("--api_keys_file", "API_KEYS_FILE", "", "File of gateway keys, one per line ('#' comments).")
+    protect_docs: bool = _setting("--protect_docs", "PROTECT_DOCS", False, "When keys are set, require one for /docs and /openapi.json too.", bool)
+    cors_origins: str = _setting("--cors_origins", "CORS_ORIGINS", "", "Comma-separated origins allowed by CORS (empty: CORS off).")
+    result_ttl_days: float = _setting("--result_ttl_days", "RESULT_TTL_DAYS", 30, "Finished jobs older than this are deleted (0 keeps them forever).", float)
     reload_debounce: float = _setting("--reload_debounce", "RELOAD_DEBOUNCE", 0.3, "Seconds of quiet before the services folder is reloaded.", float)
 
     def __post_init__(self) -> None:
@@ -55,6 +60,7 @@ class Settings:
         """The settings safe to show (the engine key is masked)."""
         values = dataclasses.asdict(self)
         values["api_key"] = "***"
+        values["api_keys"] = "***" if self.api_keys else ""
         return values
 
 

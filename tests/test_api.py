@@ -129,7 +129,8 @@ def test_every_route_answers_errors_in_one_shape(client, app):
         "/services": ("delete", {}, 405),
         "/services/<name>": ("get", {"name": "nope"}, 404),
         "/services/<name>/generate": ("post", {"name": "nope"}, 404),
-        "/results/<job_id>": ("get", {"job_id": "nope"}, 404),
+        "/results/<job_id>": ("delete", {"job_id": "nope"}, 404),
+        "/results": ("get", {"?": "limit=zero"}, 400),
         "/healthcheck": ("post", {}, 405),
         "/health": ("post", {}, 405),
         "/openapi.json": ("post", {}, 405),
@@ -144,7 +145,7 @@ def test_every_route_answers_errors_in_one_shape(client, app):
         method, args, status = probes[rule.rule]
         url = rule.rule
         for key, value in args.items():
-            url = url.replace(f"<{key}>", value)
+            url = url + "?" + value if key == "?" else url.replace(f"<{key}>", value)
         response = getattr(client, method)(url, json={"content": "A : b"} if method == "post" else None)
         assert_error(response, status)
         seen.add(rule.rule)
@@ -197,3 +198,66 @@ def test_invalid_manifest_is_listed_under_errors(tmp_path, services_dir, client,
     body = client.get("/services").get_json()
     assert body["errors"][0]["file"] == "broken.json"
     assert json.dumps(body)  # serializable
+
+
+def test_list_results_newest_first_with_filters(client, app):
+    store: JobStore = app.extensions["store"]
+    ids = [store.create_job(service="one" if i % 2 else "two", flavor="a", input_text="A : b", now=1000 + i)
+           for i in range(5)]
+    body = client.get("/results").get_json()
+    assert [j["jobId"] for j in body["jobs"]] == ids[::-1] and body["total"] == 5
+    body = client.get("/results?service=one&limit=1&offset=1").get_json()
+    assert [j["jobId"] for j in body["jobs"]] == [ids[1]] and body["total"] == 2
+    assert client.get("/results?status=complete").get_json()["total"] == 0
+    assert_error(client.get("/results?status=weird"), 400)
+    assert_error(client.get("/results?limit=0"), 400)
+
+
+def test_delete_cancels_queued_asks_processing_to_stop_deletes_finished(client, app):
+    store: JobStore = app.extensions["store"]
+    queued = store.create_job(service="one", flavor="a", input_text="x", now=1)
+    running = store.create_job(service="one", flavor="a", input_text="x", now=0)
+    assert store.claim_next().id == running
+    assert client.delete(f"/results/{queued}").get_json()["outcome"] == "cancelled"
+    assert client.get(f"/results/{queued}").get_json()["status"] == "cancelled"
+    assert client.delete(f"/results/{running}").get_json()["outcome"] == "cancelling"
+    assert store.cancel_requested(running)
+    store.mark_cancelled(running)
+    assert client.get(f"/results/{running}").get_json()["status"] == "cancelled"
+    assert client.delete(f"/results/{running}").get_json()["outcome"] == "deleted"
+    assert_error(client.get(f"/results/{running}"), 404)
+    assert_error(client.delete(f"/results/{running}"), 404)
+
+
+def test_gateway_keys(tmp_path, services_dir):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team keys\nkey-from-file\n\n")
+    settings = Settings(db_path=str(tmp_path / "k.sqlite"), services_dir=str(services_dir), api_keys="k1, k2",
+                        api_keys_file=str(keys_file))
+    registry = ServiceRegistry(str(services_dir))
+    registry.reload()
+    client = create_app(settings, registry=registry).test_client()
+    body = assert_error(client.get("/services"), 401)
+    assert "Bearer" in body["message"]
+    assert_error(client.get("/services", headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error(client.get("/services", headers={"Authorization": "Basic k1"}), 401)
+    assert_error(client.post("/services/one/generate", json={"content": "A : b"}), 401)
+    for key in ("k1", "k2", "key-from-file"):
+        assert client.get("/services", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert client.get("/healthcheck").status_code == 200
+    assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
+    assert_error(client.get("/health"), 401)
+    protected = create_app(settings.replace(protect_docs=True), registry=registry).test_client()
+    assert_error(protected.get("/openapi.json"), 401)
+    assert protected.get("/healthcheck").status_code == 200
+
+
+def test_cors_is_off_unless_configured(tmp_path, services_dir, client):
+    assert "Access-Control-Allow-Origin" not in client.get("/services", headers={"Origin": "http://x.test"}).headers
+    settings = Settings(db_path=str(tmp_path / "c.sqlite"), services_dir=str(services_dir),
+                        cors_origins="http://x.test")
+    registry = ServiceRegistry(str(services_dir))
+    registry.reload()
+    cors = create_app(settings, registry=registry).test_client()
+    response = cors.get("/services", headers={"Origin": "http://x.test"})
+    assert response.headers["Access-Control-Allow-Origin"] == "http://x.test"

@@ -18,7 +18,7 @@ def readme_settings_rows():
 def shown_default(value):
     if isinstance(value, bool):
         return "on" if value else "off"
-    return f"`{value}`" if value != "" else "(empty)"
+    return f"`{value}`" if value != "" else "(empty)"  # the README writes defaults this way
 
 
 def test_readme_settings_table_matches_the_code():

@@ -13,7 +13,7 @@ from app.settings import Settings
 def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | None = None,
                store: JobStore | None = None) -> Flask:
     """Build the app: open the job store, load and watch the services folder, register routes."""
-    from app.web import errors, health, openapi, results, services
+    from app.web import auth, errors, health, openapi, results, services
 
     settings = settings or Settings()
     app = Flask(__name__)
@@ -29,6 +29,10 @@ def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | 
     app.extensions["registry"] = registry
 
     errors.init_app(app)
+    auth.init_app(app, settings)
+    if settings.cors_origins:
+        from flask_cors import CORS
+        CORS(app, origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()])
     prefix = settings.swagger_prefix.rstrip("/") or None
     for blueprint in (services.bp, results.bp, health.bp):
         app.register_blueprint(blueprint, url_prefix=prefix)
