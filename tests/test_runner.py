@@ -1,0 +1,139 @@
+"""The runner, driven one tick at a time, against the fake engine on loopback."""
+import time
+
+import pytest
+
+from app.jobs import JobStore
+from app.registry import ServiceRegistry
+from app.runner import Runner
+from app.settings import Settings
+from tests.manifest_factory import flavor, manifest, write_service
+
+FR_SMALL = open("tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt", encoding="utf-8").read()
+
+
+@pytest.fixture
+def setup(tmp_path, fake_engine):
+    folder = tmp_path / "services"
+    folder.mkdir()
+    write_service(str(folder), "roll", manifest(name="roll", flavors=[flavor("f", maxNewTurns=3)]))
+    write_service(str(folder), "par", manifest(name="par", fields=1, flavors=[flavor("f", maxNewTurns=3)]))
+    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
+                        max_concurrent_jobs=2, engine_retries=0)
+    store = JobStore(settings.db_path)
+    store.init_schema()
+    registry = ServiceRegistry(str(folder))
+    registry.reload()
+    runner = Runner(settings, store, registry)
+    yield runner, store, registry, folder
+    runner.shutdown(timeout=5)
+
+
+def drain(runner, store, ids, timeout=30):
+    """Tick until every job in ids is finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runner.tick()
+        if all(store.get(i).status in ("complete", "failed", "cancelled") for i in ids):
+            return [store.get(i) for i in ids]
+        time.sleep(0.02)
+    raise AssertionError([store.get(i).status for i in ids])
+
+
+def test_jobs_complete_with_usage(setup, fake_engine):
+    runner, store, _, _ = setup
+    ids = [store.create_job(service=s, flavor="f", input_text=FR_SMALL) for s in ("roll", "par")]
+    jobs = drain(runner, store, ids)
+    assert [j.status for j in jobs] == ["complete", "complete"]
+    for job in jobs:
+        assert job.progress == 100 and job.result
+        assert job.usage["calls"] >= 2 and job.usage["prompt_tokens"] > 0 and job.usage["completion_tokens"] > 0
+    assert len(fake_engine.chat_requests()) == sum(j.usage["calls"] for j in jobs)
+
+
+def test_a_failing_job_never_stops_the_runner(setup, fake_engine):
+    runner, store, _, folder = setup
+    fake_engine.add_fault("404")  # the first call: unknown model, a permanent error
+    bad = store.create_job(service="roll", flavor="f", input_text="A : bonjour")
+    jobs = drain(runner, store, [bad])
+    print("failed job error:", jobs[0].error)
+    assert jobs[0].status == "failed"
+    assert "model" in jobs[0].error.lower()
+    gone = store.create_job(service="nope", flavor="f", input_text="A : b")
+    no_flavor = store.create_job(service="roll", flavor="zzz", input_text="A : b")
+    good = store.create_job(service="roll", flavor="f", input_text="A : bonjour")
+    jobs = drain(runner, store, [gone, no_flavor, good])
+    assert jobs[0].status == "failed" and "no longer loaded" in jobs[0].error
+    assert jobs[1].status == "failed" and "no longer has a flavor 'zzz'" in jobs[1].error
+    assert jobs[2].status == "complete"
+
+
+def test_template_is_read_at_each_job_start(setup, fake_engine):
+    runner, store, _, folder = setup
+    (folder / "par.txt").write_text("VERSION TWO\n{}\n")
+    job = store.create_job(service="par", flavor="f", input_text="A : bonjour")
+    drain(runner, store, [job])
+    assert fake_engine.chat_requests()[-1]["prompt"].startswith("VERSION TWO\n")
+    (folder / "par.txt").write_text("broken {} {}")
+    job = store.create_job(service="par", flavor="f", input_text="A : bonjour")
+    failed = drain(runner, store, [job])[0]
+    assert failed.status == "failed" and "fields = 1" in failed.error
+
+
+def test_runs_up_to_max_concurrent_jobs(setup, fake_engine):
+    runner, store, _, _ = setup
+    fake_engine.delay = 0.3
+    ids = [store.create_job(service="roll", flavor="f", input_text="A : un\nB : deux") for _ in range(3)]
+    assert runner.tick() == 2  # max_concurrent_jobs = 2
+    assert runner.tick() == 0
+    assert sorted(store.get(i).status for i in ids) == ["processing", "processing", "queued"]
+    assert [j.status for j in drain(runner, store, ids)] == ["complete"] * 3
+
+
+def test_cancel_stops_a_running_job_before_its_next_batch(setup, fake_engine):
+    runner, store, _, _ = setup
+    fake_engine.delay = 0.2
+    text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))  # 10 batches of 3
+    job_id = store.create_job(service="roll", flavor="f", input_text=text)
+    runner.tick()
+    deadline = time.monotonic() + 10
+    while store.get(job_id).progress == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.cancel(job_id) == "cancelling"
+    job = drain(runner, store, [job_id])[0]
+    assert job.status == "cancelled"
+    assert len(fake_engine.chat_requests()) < 10
+
+
+def test_shutdown_requeues_the_running_job_with_its_checkpoint(setup, fake_engine):
+    runner, store, _, _ = setup
+    fake_engine.delay = 0.2
+    text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))
+    job_id = store.create_job(service="roll", flavor="f", input_text=text)
+    runner.tick()
+    deadline = time.monotonic() + 10
+    while store.get(job_id).progress == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.shutdown(timeout=5)
+    job = store.get(job_id)
+    assert job.status == "queued" and job.checkpoint and "resume" in job.message
+    calls_before = len(fake_engine.chat_requests())
+    fresh = Runner(runner.settings, store, runner.registry)
+    done = drain(fresh, store, [job_id])[0]
+    fresh.shutdown()
+    assert done.status == "complete"
+    lines = done.result.splitlines()
+    assert [l.split(" : ", 1)[1] for l in lines] == [f"intervention {i}" for i in range(30)]
+    # Resumed: the 10 batches were sent once each, plus at most the one in flight at the shutdown.
+    assert len(fake_engine.chat_requests()) <= 11
+    assert len(fake_engine.chat_requests()) - calls_before < 10
+
+
+def test_purge_of_old_finished_jobs(setup):
+    runner, store, _, _ = setup
+    old = store.create_job(service="roll", flavor="f", input_text="A : b", now=0)
+    store.claim_next(now=1)
+    store.complete(old, "x", {}, now=2)
+    recent = store.create_job(service="roll", flavor="f", input_text="A : b")
+    runner.tick()
+    assert store.get(old) is None and store.get(recent) is not None
