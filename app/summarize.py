@@ -1,0 +1,405 @@
+"""The pipeline: turns -> batches -> engine calls -> summary, with progress and checkpoints.
+
+fields == 2 (e.g. "cra"): batches run in order, each prompt carrying the end of the summary
+so far for continuity. fields == 1 (e.g. "cred"): batches are independent and run
+concurrently. Either way a batch whose answer is cut (finish_reason "length") or whose prompt
+overflows the context is retried in two halves, and the state after every batch is handed to
+`on_checkpoint` so an interrupted job resumes without sending finished batches again.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from app import chunking
+from app.engine import (Completion, ContextOverflowError, EngineClient, RetryPolicy,
+                        call_with_retries)
+from app.manifests import Flavor
+from app.transcript import Turn
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+_SPEAKER_LINE = re.compile(r"^([^:\n]{1,100}?)\s*:(?:\s+(.*))?$")   # "12:30" is no speaker
+_FENCE = re.compile(r"^```[\w-]*\s*$")
+_MAX_REDUCE_PASSES = 8
+_POLL_SECONDS = 0.5     # how often the concurrent loop looks at should_stop while waiting
+_SLEEP_SLICE = 1.0      # backoff sleeps are cut in slices so a stop is not held up
+
+
+class JobInterrupted(Exception):
+    """should_stop() asked to stop; the last checkpoint saved is where the job resumes."""
+
+
+@dataclass
+class SummaryResult:
+    """The summary text, engine usage totals, and warnings the user must see."""
+
+    text: str
+    usage: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flavor, tokenizer,
+              engine: EngineClient, temperature: float, top_p: float,
+              reduce_template: str | None = None, checkpoint: dict | None = None,
+              on_checkpoint: Callable[[int, dict], None] = lambda progress, state: None,
+              on_message: Callable[[str], None] = lambda msg: None,
+              should_stop: Callable[[], bool] = lambda: False, concurrency: int = 8,
+              retry_policy: RetryPolicy | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> SummaryResult:
+    """Summarize `turns` with the flavor's model; resumes from `checkpoint` when given."""
+    if fields not in (1, 2):
+        raise ValueError(f"a template must have 1 or 2 fields, not {fields}")
+    reserve = chunking.default_context_reserve(flavor) if fields == 2 else 0
+    batches = chunking.plan_batches(list(turns), template, fields, flavor, tokenizer,
+                                    context_reserve=reserve)
+    job = _Job(template=template, fields=fields, flavor=flavor, tokenizer=tokenizer,
+               engine=engine, temperature=temperature, top_p=top_p, reserve=reserve,
+               total=sum(len(b.turns) for b in batches), on_checkpoint=on_checkpoint,
+               on_message=on_message, should_stop=should_stop,
+               policy=retry_policy or RetryPolicy(), sleep=sleep)
+    state = job.resume_state(checkpoint)
+    if fields == 2:
+        lines = job.run_in_order(batches, state)
+    else:
+        lines = job.run_concurrently(batches, state, max(1, concurrency))
+    if flavor.reduce_summary and lines:
+        if reduce_template:
+            lines = job.reduce(lines, reduce_template)
+        else:
+            job.warn("reduceSummary is set but the flavor has no reduce prompt; not reduced")
+    if flavor.consolidate_summary:
+        lines = consolidate(lines)
+    return SummaryResult("\n".join(lines), job.usage_report(), list(job.warnings))
+
+
+def clean_output(text: str) -> list[str]:
+    """The model's answer as summary lines: no wrapping code fence, no blank lines, stripped."""
+    lines = text.strip().splitlines()
+    if lines and _FENCE.match(lines[0].strip()):
+        lines = lines[1:]
+    if lines and lines[-1].strip() == "```":
+        lines = lines[:-1]
+    return [line.strip() for line in lines if line.strip()]
+
+
+def consolidate(lines: list[str]) -> list[str]:
+    """Merge consecutive lines of the same speaker: "Alice : a" + "Alice : b" -> "Alice : a b"."""
+    merged: list[str] = []
+    last_speaker = None
+    for line in lines:
+        match = _SPEAKER_LINE.match(line)
+        speaker = match.group(1).strip() if match else None
+        if speaker and speaker == last_speaker:
+            text = (match.group(2) or "").strip()
+            if text:
+                merged[-1] = f"{merged[-1]} {text}"
+            continue
+        merged.append(line)
+        last_speaker = speaker
+    return merged
+
+
+class _Job:
+    """One summarize() run: engine calls, usage, warnings, progress and checkpoints."""
+
+    def __init__(self, *, template, fields, flavor, tokenizer, engine, temperature, top_p,
+                 reserve, total, on_checkpoint, on_message, should_stop, policy, sleep):
+        self.template, self.fields, self.flavor = template, fields, flavor
+        self.tokenizer, self.engine = tokenizer, engine
+        self.temperature, self.top_p = temperature, top_p
+        self.reserve, self.total = reserve, total
+        self.on_checkpoint, self.on_message, self.should_stop = on_checkpoint, on_message, should_stop
+        self.policy, self.sleep = policy, sleep
+        self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "engine_seconds": 0.0, "retries": 0}
+        self.warnings: list[str] = []
+        self.progress = 0
+        self.lock = threading.Lock()
+        # Worker threads never call the caller's callbacks (they may touch SQLite, which is
+        # per-thread): they queue messages and read a stop flag the main thread maintains.
+        self.main_thread = threading.current_thread()
+        self.messages: queue.Queue[str] = queue.Queue()
+        self.stopping = threading.Event()
+
+    # --- callbacks, usage, progress ----------------------------------------------------
+
+    def post(self, message: str) -> None:
+        if threading.current_thread() is self.main_thread:
+            self.on_message(message)
+        else:
+            self.messages.put(message)
+
+    def deliver_messages(self) -> None:
+        while True:
+            try:
+                self.on_message(self.messages.get_nowait())
+            except queue.Empty:
+                return
+
+    def warn(self, warning: str) -> None:
+        log.warning("summarize: %s", warning)
+        with self.lock:
+            self.warnings.append(warning)
+
+    def stop_requested(self) -> bool:
+        if threading.current_thread() is self.main_thread and self.should_stop():
+            self.stopping.set()
+        return self.stopping.is_set()
+
+    def check_stop(self) -> None:
+        if self.stop_requested():
+            raise JobInterrupted(f"stopped at {self.progress}%")
+
+    def usage_report(self) -> dict[str, Any]:
+        with self.lock:
+            return {**self.usage, "engine_seconds": round(self.usage["engine_seconds"], 3)}
+
+    def advance(self, done: int) -> int:
+        """Progress after `done` virtual turns: only grows, and 100 is the caller's to set."""
+        if self.total:
+            self.progress = max(self.progress, min(99, done * 100 // self.total))
+        return self.progress
+
+    def checkpoint(self, state: dict[str, Any], done: int) -> None:
+        state.update(usage=self.usage_report(), warnings=list(self.warnings))
+        self.on_checkpoint(self.advance(done), state)
+
+    def resume_state(self, checkpoint: dict | None) -> dict[str, Any]:
+        """The state to start from: the checkpoint if it belongs to this plan, else fresh."""
+        fresh = {"version": CHECKPOINT_VERSION, "fields": self.fields, "total": self.total}
+        if not checkpoint:
+            return fresh
+        if (checkpoint.get("version"), checkpoint.get("fields"), checkpoint.get("total")) != (
+                CHECKPOINT_VERSION, self.fields, self.total):
+            self.post("the saved progress does not match this transcript; starting over")
+            return fresh
+        with self.lock:
+            for key, value in (checkpoint.get("usage") or {}).items():
+                if key in self.usage:
+                    self.usage[key] += value
+            self.warnings.extend(checkpoint.get("warnings") or [])
+        return dict(checkpoint)
+
+    # --- one engine call -----------------------------------------------------------------
+
+    def call(self, prompt: str) -> Completion:
+        """One completion with retries on transient errors; counts usage."""
+        def on_retry(attempt: int, max_retries: int, error: Exception) -> None:
+            with self.lock:
+                self.usage["retries"] += 1
+            self.post(f"engine unavailable, retrying ({attempt}/{max_retries})")
+
+        completion = call_with_retries(
+            lambda: self.engine.complete(
+                model=self.flavor.model, prompt=prompt, temperature=self.temperature,
+                top_p=self.top_p, max_tokens=self.flavor.max_generation_length),
+            self.policy, on_retry=on_retry, sleep=self.backoff_sleep)
+        with self.lock:
+            self.usage["calls"] += 1
+            self.usage["prompt_tokens"] += completion.prompt_tokens
+            self.usage["completion_tokens"] += completion.completion_tokens
+            self.usage["engine_seconds"] += completion.seconds
+        return completion
+
+    def backoff_sleep(self, seconds: float) -> None:
+        """Wait between retries, giving up early when the job is asked to stop."""
+        while seconds > 0:
+            self.check_stop()
+            step = min(_SLEEP_SLICE, seconds)
+            self.sleep(step)
+            seconds -= step
+        self.check_stop()
+
+    # --- turns -> summary lines ----------------------------------------------------------
+
+    def context(self, lines: list[str]) -> str:
+        """The last summary_turns lines of the summary, trimmed from the start to the reserve."""
+        keep = self.flavor.summary_turns
+        if keep <= 0 or not lines or self.reserve <= 0:
+            return ""
+        tail = lines[-keep:]
+        while len(tail) > 1 and self.tokenizer.count("\n".join(tail)) > self.reserve:
+            tail = tail[1:]
+        text = "\n".join(tail)
+        if self.tokenizer.count(text) > self.reserve:
+            text = _keep_end(text, self.reserve, self.tokenizer)
+        return text
+
+    def turns_prompt(self, turns: Sequence[Turn], prior: list[str] | None) -> str:
+        new_turns = "\n".join(chunking.render_turn(t) for t in turns)
+        if self.fields == 2:
+            return chunking.fill_template(self.template, [self.context(prior or []), new_turns])
+        return chunking.fill_template(self.template, [new_turns])
+
+    def summarize_turns(self, start: int, turns: Sequence[Turn],
+                        prior: list[str] | None) -> list[str]:
+        """Summary lines of these turns; halves them when the answer is cut or too long."""
+        try:
+            completion = self.call(self.turns_prompt(turns, prior))
+        except ContextOverflowError:
+            halves = _halve_turns(turns)
+            if halves is None:
+                raise
+            log.info("summarize: prompt of turn %d (%d turns) overflows; halving", start, len(turns))
+            return self.summarize_halves(start, halves, prior)
+        if completion.finish_reason == "length":
+            if len(turns) > 1:
+                log.info("summarize: answer for turn %d (%d turns) cut; halving", start, len(turns))
+                return self.summarize_halves(start, (turns[:len(turns) // 2],
+                                                     turns[len(turns) // 2:]), prior)
+            speaker = f" ({turns[0].speaker})" if turns[0].speaker else ""
+            self.warn(f"the summary of turn {start + 1}{speaker} was cut at "
+                      f"{self.flavor.max_generation_length} tokens (maxGenerationLength); kept as is")
+        return clean_output(completion.text)
+
+    def summarize_halves(self, start: int, halves: tuple[Sequence[Turn], Sequence[Turn]],
+                         prior: list[str] | None) -> list[str]:
+        first, second = halves
+        out = self.summarize_turns(start, first, prior)
+        # With fields == 2 the second half's context is the summary including the first half.
+        after = (prior or []) + out if self.fields == 2 else prior
+        return out + self.summarize_turns(start + len(first), second, after)
+
+    def run_in_order(self, batches, state: dict[str, Any]) -> list[str]:
+        """fields == 2: batch after batch, each with the end of the summary so far."""
+        done = int(state.get("done", 0))
+        lines = list(state.get("lines", []))
+        self.advance(done)
+        for batch in batches:
+            end = batch.start + len(batch.turns)
+            if end <= done:
+                continue                  # finished before the checkpoint
+            self.check_stop()
+            # A checkpoint can fall inside a batch only if the plan moved; skip what is done.
+            skip = max(0, done - batch.start)
+            lines += self.summarize_turns(batch.start + skip, batch.turns[skip:], lines)
+            done = end
+            self.checkpoint({**state, "done": done, "lines": list(lines)}, done)
+        return lines
+
+    def run_concurrently(self, batches, state: dict[str, Any], concurrency: int) -> list[str]:
+        """fields == 1: independent batches, up to `concurrency` in flight, kept in order."""
+        saved = state.get("outputs", {})
+        sizes = {b.start: len(b.turns) for b in batches}
+        # An output is reused only if a batch with the same start and size still exists.
+        outputs: dict[int, list[str]] = {
+            int(k): v["lines"] for k, v in saved.items() if sizes.get(int(k)) == v["turns"]}
+        done = sum(sizes[s] for s in outputs)
+        self.advance(done)
+        todo = [b for b in batches if b.start not in outputs]
+        in_flight: dict[Future, Any] = {}
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="summarize")
+        try:
+            while todo or in_flight:
+                while todo and len(in_flight) < concurrency:
+                    self.check_stop()
+                    batch = todo.pop(0)
+                    in_flight[pool.submit(self.summarize_turns, batch.start, batch.turns,
+                                          None)] = batch
+                finished, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                self.deliver_messages()
+                for future in finished:
+                    batch = in_flight.pop(future)
+                    outputs[batch.start] = future.result()   # a permanent error stops the job
+                    done += len(batch.turns)
+                    self.checkpoint({**state, "outputs": {
+                        str(s): {"turns": sizes[s], "lines": out} for s, out in outputs.items()}},
+                        done)
+                self.check_stop()
+        finally:
+            # Interrupted or failed: wake workers out of their backoff, drop queued batches.
+            if todo or in_flight:
+                self.stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.deliver_messages()
+        return [line for start in sorted(outputs) for line in outputs[start]]
+
+    # --- reduce --------------------------------------------------------------------------
+
+    def reduce(self, lines: list[str], template: str) -> list[str]:
+        """Condense the summary with the reduce prompt, in groups of lines until it fits one call."""
+        budget = (self.flavor.total_context_length - self.flavor.max_generation_length
+                  - self.tokenizer.chat_overhead()
+                  - self.tokenizer.count(chunking.fill_template(template, [""])))
+        for _ in range(_MAX_REDUCE_PASSES):
+            if self.tokenizer.count("\n".join(lines)) <= budget:
+                return self.reduce_lines(lines, template)
+            groups = _group_lines(lines, budget, self.tokenizer)
+            self.post(f"reducing the summary in {len(groups)} parts")
+            reduced = [out for group in groups for out in self.reduce_lines(group, template)]
+            if self.tokenizer.count("\n".join(reduced)) >= self.tokenizer.count("\n".join(lines)):
+                self.warn("the summary did not get shorter when reduced; kept the last pass")
+                return reduced
+            lines = reduced
+        self.warn(f"the summary still did not fit one call after {_MAX_REDUCE_PASSES} reduce passes")
+        return lines
+
+    def reduce_lines(self, lines: list[str], template: str) -> list[str]:
+        """One reduce call over these lines; halves them when the answer is cut or too long."""
+        try:
+            completion = self.call(chunking.fill_template(template, ["\n".join(lines)]))
+        except ContextOverflowError:
+            if len(lines) < 2:
+                raise
+            return self.reduce_halves(lines, template)
+        if completion.finish_reason == "length":
+            if len(lines) > 1:
+                return self.reduce_halves(lines, template)
+            self.warn(f"a reduced part of the summary was cut at "
+                      f"{self.flavor.max_generation_length} tokens; kept as is")
+        return clean_output(completion.text)
+
+    def reduce_halves(self, lines: list[str], template: str) -> list[str]:
+        middle = len(lines) // 2
+        return self.reduce_lines(lines[:middle], template) + self.reduce_lines(lines[middle:], template)
+
+
+def _halve_turns(turns: Sequence[Turn]) -> tuple[Sequence[Turn], Sequence[Turn]] | None:
+    """Two halves of the turns; a single turn is cut in two by words; None if it cannot be."""
+    if len(turns) > 1:
+        return turns[:len(turns) // 2], turns[len(turns) // 2:]
+    words = turns[0].text.split()
+    if len(words) < 2:
+        return None
+    middle = len(words) // 2
+    speaker = turns[0].speaker
+    return ((Turn(speaker, " ".join(words[:middle])),),
+            (Turn(speaker, " ".join(words[middle:])),))
+
+
+def _keep_end(text: str, max_tokens: int, tokenizer) -> str:
+    """The longest end of `text`, cut at a word boundary, that fits max_tokens."""
+    words = text.split(" ")
+    low, high = 0, len(words)          # find the fewest leading words to drop
+    while low < high:
+        middle = (low + high) // 2
+        if tokenizer.count(" ".join(words[middle:])) <= max_tokens:
+            high = middle
+        else:
+            low = middle + 1
+    return " ".join(words[low:])
+
+
+def _group_lines(lines: list[str], budget: int, tokenizer) -> list[list[str]]:
+    """Consecutive groups of lines, each within budget tokens (a longer line goes alone)."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        cost = tokenizer.count(line) + 1      # + the line break; an overflow halves the group
+        if current and size + cost > budget:
+            groups.append(current)
+            current, size = [], 0
+        current.append(line)
+        size += cost
+    if current:
+        groups.append(current)
+    return groups

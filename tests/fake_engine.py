@@ -1,0 +1,455 @@
+"""A fake OpenAI-compatible engine (vLLM-like) on loopback, for tests.
+
+In-process:
+
+    with FakeEngine() as eng:             # port 0: an ephemeral port
+        eng.base_url                       # "http://127.0.0.1:PORT/v1"
+        eng.add_fault("503")               # the next chat call gets a 503
+        ...
+        eng.chat_requests()                # what was received, in arrival order
+
+As a process (for tests that run the real server in a subprocess):
+
+    python3 -m tests.fake_engine --port 9000 --delay 0.05 --fault 503 --fault "429:retry_after=2"
+
+and, while it runs, `POST /_control` with JSON {"faults": [...], "delay": .., "reset": true, ...}
+and `GET /_control` for the recorded requests (see `_control`).
+
+Tokens are whitespace-separated words, everywhere (usage, /tokenize, context checks).
+The default completion echoes, for every line of the prompt's last section (text after the
+last blank line that contains a "Speaker : text" line) that looks like "Speaker : text",
+one line "Speaker : <first `words_per_line` words of text>": so a test can check that every
+turn was sent exactly once, in order, with its speaker.
+
+The server never asserts; it records, and tests assert on the records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+import zlib
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+SPEAKER_LINE = re.compile(r"^(.+?) : (.+)$")
+CHAT_OVERHEAD = 4   # "tokens" the fake's chat template adds around each message
+
+# Fault kinds understood by add_fault / --fault / POST /_control.
+FAULT_KINDS = (
+    "drop",            # close the connection without any response
+    "hang",            # wait `seconds` (default 30) before answering: past the client timeout
+    "429",             # rate limited; option retry_after=<seconds> adds a Retry-After header
+                       # (every error kind takes message=<text> to replace the engine's text)
+    "500", "502", "503", "504",   # server errors (also take retry_after)
+    "401",             # bad API key
+    "404",             # unknown model (vLLM's message)
+    "context",         # 400 "This model's maximum context length is N tokens. However, ..."
+    "malformed",       # 200 with a body that is not JSON
+    "empty_choices",   # 200 with "choices": []
+    "length",          # 200, output cut to `words` words (default 3), finish_reason "length"
+)
+
+
+def count_tokens(text: str) -> int:
+    """The fake's token count: whitespace-separated words."""
+    return len(text.split())
+
+
+def last_section_turns(prompt: str) -> list[tuple[str, str]]:
+    """(speaker, text) of the "Speaker : text" lines in the prompt's last section holding any."""
+    sections = re.split(r"\n\s*\n", prompt)
+    for section in reversed(sections):
+        found = [m.groups() for m in map(SPEAKER_LINE.match, section.splitlines()) if m]
+        if found:
+            return found
+    return []
+
+
+def echo_reply(prompt: str, words_per_line: int) -> str:
+    """The default completion: each turn of the last section, its text cut to a few words."""
+    lines = []
+    for speaker, text in last_section_turns(prompt):
+        lines.append(f"{speaker} : {' '.join(text.split()[:words_per_line])}")
+    return "\n".join(lines)
+
+
+def parse_fault(spec: str) -> dict[str, Any]:
+    """"429:retry_after=2,times=3" -> {"kind": "429", "retry_after": 2.0, "times": 3}."""
+    kind, _, options = spec.partition(":")
+    fault: dict[str, Any] = {"kind": kind.strip()}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        fault[key.strip()] = float(value) if "." in value else int(value)
+    return fault
+
+
+class FakeEngine:
+    """A real HTTP server speaking enough of the OpenAI / vLLM API for the gateway's tests."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0,
+                 max_in_flight: int | None = None, words_per_line: int = 5,
+                 max_model_len: int = 32768, models: tuple[str, ...] | None = None):
+        self.host, self.port = host, port
+        self.delay = delay                    # seconds added to every chat completion
+        self.max_in_flight = max_in_flight    # served at once; others wait (None = no limit)
+        self.words_per_line = words_per_line
+        self.max_model_len = max_model_len    # prompt + max_tokens above this -> 400 context
+        self.models = models                  # None: any model name is accepted
+        self.reply: Callable[[str], str] | None = None   # custom completion: prompt -> text
+        self.requests: list[dict[str, Any]] = []          # every request, in arrival order
+        self.faults: deque[dict[str, Any]] = deque()      # consumed by the next chat calls
+        self.in_flight = 0
+        self.max_seen_in_flight = 0
+        self.lock = threading.Lock()
+        self._slots_lock = threading.Condition(self.lock)
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Root URL, e.g. http://127.0.0.1:PORT (where /tokenize and /health live)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, e.g. http://127.0.0.1:PORT/v1."""
+        return self.url + "/v1"
+
+    def start(self) -> "FakeEngine":
+        """Listen (again on the same port after a stop) and serve in a daemon thread."""
+        self._stopping.clear()
+        self._server = _Server((self.host, self.port), _Handler)
+        self._server.engine = self
+        self.port = self._server.server_address[1]
+        # A short poll interval so stop() (and every test's teardown) takes milliseconds.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                        name=f"fake-engine-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; hanging requests are woken up and dropped."""
+        self._stopping.set()
+        with self.lock:
+            self._slots_lock.notify_all()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeEngine":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # --- what tests use ----------------------------------------------------------------
+
+    def add_fault(self, kind: str, times: int = 1, **options: Any) -> None:
+        """Make the next `times` chat calls fail with `kind` (see FAULT_KINDS)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        with self.lock:
+            for _ in range(times):
+                self.faults.append({"kind": kind, **options})
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """Recorded chat completion requests, in arrival order."""
+        with self.lock:
+            return [r for r in self.requests if r["path"] == "/v1/chat/completions"]
+
+    def reset(self) -> None:
+        """Forget recorded requests, pending faults and the in-flight high-water mark."""
+        with self.lock:
+            self.requests.clear()
+            self.faults.clear()
+            self.max_seen_in_flight = 0
+
+    # --- internals used by the handler -------------------------------------------------
+
+    def _next_fault(self) -> dict[str, Any] | None:
+        with self.lock:
+            return self.faults.popleft() if self.faults else None
+
+    def _acquire_slot(self) -> None:
+        with self._slots_lock:
+            while (self.max_in_flight is not None and self.in_flight >= self.max_in_flight
+                   and not self._stopping.is_set()):
+                self._slots_lock.wait(0.1)
+            self.in_flight += 1
+            self.max_seen_in_flight = max(self.max_seen_in_flight, self.in_flight)
+
+    def _release_slot(self) -> None:
+        with self._slots_lock:
+            self.in_flight -= 1
+            self._slots_lock.notify()
+
+    def _wait(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False     # stop() must not wait for a request hanging on purpose
+    allow_reuse_address = True
+    engine: FakeEngine
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive, like a real engine behind the openai client
+    disable_nagle_algorithm = True  # else delayed ACKs add ~40 ms to every keep-alive call
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:   # keep test output quiet
+        pass
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.server.engine
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str,
+               headers: dict[str, str] | None = None) -> None:
+        # vLLM's error shape.
+        self._send(status, {"object": "error", "message": message, "type": kind,
+                            "param": None, "code": status}, headers)
+
+    def _read_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            return None
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        self.connection.close()
+
+    # --- routes ------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        if self.path != "/_control":
+            self._record({})
+        if self.path == "/health":
+            self._send(200, b"")
+        elif self.path == "/v1/models":
+            names = self.engine.models or ("fake-model",)
+            self._send(200, {"object": "list", "data": [
+                {"id": n, "object": "model", "owned_by": "fake",
+                 "max_model_len": self.engine.max_model_len} for n in names]})
+        elif self.path == "/_control":
+            with self.engine.lock:
+                self._send(200, {"requests": list(self.engine.requests),
+                                 "faults_pending": len(self.engine.faults),
+                                 "max_seen_in_flight": self.engine.max_seen_in_flight})
+        else:
+            self._error(404, f"no route {self.path}", "NotFoundError")
+
+    def do_POST(self) -> None:
+        body = self._read_json()
+        if body is None:
+            self._record({})
+            self._error(400, "request body is not JSON", "BadRequestError")
+        elif self.path == "/v1/chat/completions":
+            self._chat(body)
+        elif self.path == "/tokenize":
+            self._record(body)
+            self._tokenize(body)
+        elif self.path == "/_control":
+            self._control(body)
+        else:
+            self._record(body)
+            self._error(404, f"no route {self.path}", "NotFoundError")
+
+    def _record(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages = body.get("messages") or []
+        record = {
+            "path": self.path, "model": body.get("model"), "messages": messages,
+            "prompt": messages[-1].get("content", "") if messages else body.get("prompt"),
+            "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+            "max_tokens": body.get("max_tokens"),
+            "authorization": self.headers.get("Authorization"),
+            "arrived": time.monotonic(), "finished": None, "status": None, "fault": None,
+            "finish_reason": None,
+        }
+        with self.engine.lock:
+            self.engine.requests.append(record)
+        return record
+
+    def _tokenize(self, body: dict[str, Any]) -> None:
+        if "messages" in body:
+            text = " ".join(m.get("content", "") for m in body["messages"])
+            count = count_tokens(text) + CHAT_OVERHEAD * len(body["messages"])
+        else:
+            count = count_tokens(body.get("prompt", ""))
+        words = (text if "messages" in body else body.get("prompt", "")).split()
+        tokens = [zlib.crc32(w.encode()) % 32000 for w in words]
+        tokens += [1] * (count - len(tokens))     # the chat template's own tokens
+        self._send(200, {"count": count, "tokens": tokens,
+                         "max_model_len": self.engine.max_model_len})
+
+    def _control(self, body: dict[str, Any]) -> None:
+        """Set the fake's behavior from another process: faults, delay, limits, reset."""
+        eng = self.engine
+        if body.get("reset"):
+            eng.reset()
+        for fault in body.get("faults", []):
+            fault = parse_fault(fault) if isinstance(fault, str) else dict(fault)
+            eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)
+        for key in ("delay", "max_in_flight", "words_per_line", "max_model_len"):
+            if key in body:
+                setattr(eng, key, body[key])
+        self._send(200, {"ok": True, "faults_pending": len(eng.faults)})
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        eng = self.engine
+        record = self._record(body)
+        eng._acquire_slot()
+        try:
+            status = self._answer_chat(body, record, eng._next_fault())
+        finally:
+            eng._release_slot()
+        with eng.lock:
+            record["finished"], record["status"] = time.monotonic(), status
+
+    def _answer_chat(self, body: dict[str, Any], record: dict[str, Any],
+                     fault: dict[str, Any] | None) -> int | None:
+        """Answer one chat completion, or fail it as `fault` says; returns the status sent."""
+        eng = self.engine
+        kind = fault["kind"] if fault else None
+        record["fault"] = kind
+        if eng.delay:
+            eng._wait(eng.delay)
+        if kind == "drop":
+            self._drop()
+            return None
+        if kind == "hang":
+            eng._wait(float(fault.get("seconds", 30)))
+            self._drop()
+            return None
+        if fault and "retry_after" in fault:
+            headers = {"Retry-After": str(fault["retry_after"])}
+        else:
+            headers = None
+        if kind == "429":
+            self._error(429, fault.get("message", "Too many requests, please retry later"),
+                        "RateLimitError", headers)
+            return 429
+        if kind in ("500", "502", "503", "504"):
+            self._error(int(kind), fault.get("message", f"fake engine failure {kind}"),
+                        "InternalServerError", headers)
+            return int(kind)
+        if kind == "401":
+            self._error(401, fault.get("message", "Invalid API key"), "AuthenticationError")
+            return 401
+        model = body.get("model")
+        if kind == "404" or (eng.models is not None and model not in eng.models):
+            self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            return 404
+        if kind == "malformed":
+            self._send(200, b'{"id": "chatcmpl-1", "choices": [{"message": ')
+            return 200
+
+        messages = body.get("messages") or []
+        prompt = messages[-1].get("content", "") if messages else ""
+        prompt_tokens = (sum(count_tokens(m.get("content", "")) for m in messages)
+                         + CHAT_OVERHEAD * len(messages))
+        max_tokens = int(body.get("max_tokens") or 256)
+        if kind == "context" or prompt_tokens + max_tokens > eng.max_model_len:
+            limit = int(fault.get("max_model_len", prompt_tokens)) if fault else eng.max_model_len
+            self._error(400, (
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
+                f"messages, {max_tokens} in the completion). Please reduce the length of "
+                "the messages or completion."), "BadRequestError")
+            return 400
+        if kind == "empty_choices":
+            self._send(200, {"id": "chatcmpl-fake", "object": "chat.completion",
+                             "created": int(time.time()), "model": model, "choices": [],
+                             "usage": {"prompt_tokens": prompt_tokens,
+                                       "completion_tokens": 0, "total_tokens": prompt_tokens}})
+            return 200
+
+        text = eng.reply(prompt) if eng.reply else echo_reply(prompt, eng.words_per_line)
+        finish_reason = "stop"
+        if kind == "length":   # cut mid-output, as an engine hitting max_tokens does
+            text, finish_reason = _first_tokens(text, int(fault.get("words", 3))), "length"
+        elif count_tokens(text) > max_tokens:
+            text, finish_reason = _first_tokens(text, max_tokens), "length"
+        completion_tokens = count_tokens(text)
+        record["finish_reason"] = finish_reason
+        self._send(200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": finish_reason,
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+        return 200
+
+
+def _first_tokens(text: str, n: int) -> str:
+    """The text up to its n-th word, keeping line breaks."""
+    if n <= 0:
+        return ""
+    kept: list[int] = []
+    for match in re.finditer(r"\S+", text):
+        if len(kept) == n:
+            return text[:kept[-1]]
+        kept.append(match.end())
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the fake engine in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds per chat call")
+    parser.add_argument("--max-in-flight", type=int, default=None)
+    parser.add_argument("--words-per-line", type=int, default=5)
+    parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--model", action="append", default=None,
+                        help="accepted model name (repeatable); default: any")
+    parser.add_argument("--fault", action="append", default=[],
+                        help='queued fault, e.g. "503", "429:retry_after=2", "hang:seconds=5"')
+    args = parser.parse_args(argv)
+    eng = FakeEngine(args.host, args.port, delay=args.delay, max_in_flight=args.max_in_flight,
+                     words_per_line=args.words_per_line, max_model_len=args.max_model_len,
+                     models=tuple(args.model) if args.model else None)
+    for spec in args.fault:
+        fault = parse_fault(spec)
+        eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)
+    eng.start()
+    print(f"fake engine listening on {eng.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        eng.stop()
+
+
+if __name__ == "__main__":
+    main()
