@@ -129,7 +129,8 @@ class Runner:
             on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing"),
             on_message=lambda message: self.store.set_message(job.id, message),
             should_stop=lambda: self.stopping.is_set() or self.store.cancel_requested(job.id), concurrency=concurrency,
-            retry_policy=RetryPolicy(max_retries=self.settings.engine_retries))
+            retry_policy=RetryPolicy(max_retries=self.settings.engine_retries,
+                                     base_delay=self.settings.engine_retry_delay))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop claiming, let running jobs reach their next checkpoint, re-queue what is left."""

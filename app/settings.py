@@ -38,6 +38,7 @@ class Settings:
     engine_concurrency: int = _setting("--engine_concurrency", "ENGINE_CONCURRENCY", 8, "Requests in flight to one engine at once.", int)
     engine_timeout: int = _setting("--engine_timeout", "ENGINE_TIMEOUT", 600, "Seconds before one engine call is abandoned (and retried).", int)
     engine_retries: int = _setting("--engine_retries", "ENGINE_RETRIES", 8, "Retries of one engine call on transient errors.", int)
+    engine_retry_delay: float = _setting("--engine_retry_delay", "ENGINE_RETRY_DELAY", 1.0, "First backoff wait in seconds; it doubles on each retry, capped at 30 s.", float)
     max_upload_mb: int = _setting("--max_upload_mb", "MAX_UPLOAD_MB", 20, "Largest accepted transcript upload, in MB.", int)
     api_keys: str = _setting("--api_keys", "API_KEYS", "", "Comma-separated gateway keys; when set (or a keys file is), requests need 'Authorization: Bearer <key>'.")
     api_keys_file: str = _setting("--api_keys_file", "API_KEYS_FILE", "", "File of gateway keys, one per line ('#' comments).")

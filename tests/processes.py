@@ -35,13 +35,15 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: st
 class FakeEngineProcess:
     """`python3 -m tests.fake_engine` in a subprocess."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_engine", "--port", "0", *args],
+    def __init__(self, *args: str, port: int = 0):
+        self.args = args
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_engine", "--port", str(port), *args],
                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
         line = self.proc.stdout.readline()
         self.base_url = line.strip().rsplit(" ", 1)[-1]
         assert self.base_url.startswith("http://127.0.0.1:"), line
         self.root = self.base_url[: -len("/v1")]
+        self.port = int(self.root.rsplit(":", 1)[1])
 
     def control(self, **body):
         """POST /_control (faults, delay, reset)."""

@@ -1,0 +1,150 @@
+"""Reliability: engine faults at job level, an engine restart ridden out, kill -9 resume by counting calls.
+
+Figures (retries, calls, jobs lost) are printed; run with -s to see them.
+"""
+import time
+
+import pytest
+import requests
+
+from app.jobs import JobStore
+from app.registry import ServiceRegistry
+from app.runner import Runner
+from app.settings import Settings
+from tests.manifest_factory import flavor, manifest, write_service
+from tests.processes import FakeEngineProcess, Gateway, wait_until
+
+TEXT = "\n".join(f"Orateur {i % 4} : intervention numéro {i} sur le budget" for i in range(24))
+
+
+@pytest.fixture
+def runner_for(tmp_path):
+    """Build a tick-driven runner on a fake engine, with fast backoff."""
+    made = []
+
+    def build(api_base, fields=2, **settings_overrides):
+        folder = tmp_path / "services"
+        folder.mkdir(exist_ok=True)
+        write_service(str(folder), "svc", manifest(name="svc", fields=fields, flavors=[flavor("f", maxNewTurns=4)]))
+        settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), api_base=api_base,
+                            engine_retry_delay=0.01, **settings_overrides)
+        store = JobStore(settings.db_path)
+        store.init_schema()
+        registry = ServiceRegistry(str(folder))
+        registry.reload()
+        runner = Runner(settings, store, registry)
+        made.append(runner)
+        return runner, store
+
+    yield build
+    for runner in made:
+        runner.shutdown(timeout=5)
+
+
+def run_to_end(runner, store, job_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runner.tick()
+        job = store.get(job_id)
+        if job.status in ("complete", "failed"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(store.get(job_id))
+
+
+@pytest.mark.parametrize("fault,options", [
+    ("drop", {}), ("429", {}), ("429", {"retry_after": 1}), ("500", {}), ("502", {}), ("503", {}), ("504", {}),
+    ("malformed", {}), ("empty_choices", {}), ("hang", {"seconds": 3}),
+])
+def test_transient_faults_are_retried_and_the_job_completes(fake_engine, runner_for, fault, options):
+    runner, store = runner_for(fake_engine.base_url, engine_timeout=1 if fault == "hang" else 600)
+    fake_engine.add_fault(fault, times=2, **options)
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    print(f"{fault}: status={job.status} retries={job.usage['retries']} calls={job.usage['calls']}")
+    assert job.status == "complete"
+    assert job.usage["retries"] == 2
+    assert len(job.result.splitlines()) == 24
+
+
+@pytest.mark.parametrize("fault,needle", [
+    ("404", "does not know model"), ("401", "API key"),
+])
+def test_permanent_faults_fail_the_job_with_the_cause(fake_engine, runner_for, fault, needle):
+    runner, store = runner_for(fake_engine.base_url)
+    fake_engine.add_fault(fault)
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    print(f"{fault}: {job.error}")
+    assert job.status == "failed" and needle in job.error
+    assert len(fake_engine.chat_requests()) == 1  # never retried
+    other = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    assert other.status == "complete"  # the runner goes on
+
+
+def test_context_overflow_replans_the_batch_smaller(fake_engine, runner_for):
+    runner, store = runner_for(fake_engine.base_url)
+    fake_engine.add_fault("context")
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    assert job.status == "complete"
+    assert [l.split(" : ", 1)[1] for l in job.result.splitlines()] == [f"intervention numéro {i} sur le" for i in range(24)]
+    assert job.usage["calls"] > 6  # the overflowing batch was sent again in smaller pieces
+
+
+def test_retry_budget_spent_fails_with_a_clear_message(fake_engine, runner_for):
+    runner, store = runner_for(fake_engine.base_url, engine_retries=2)
+    fake_engine.add_fault("503", times=10)
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    print("budget spent:", job.error)
+    assert job.status == "failed" and "503" in job.error
+
+
+def test_engine_restart_is_ridden_out_and_health_shows_it(tmp_path):
+    """The engine goes away for a few seconds mid-job; the job says it is retrying, then completes."""
+    engine = FakeEngineProcess("--delay", "0.2")
+    port = engine.port
+    gw = Gateway(tmp_path, engine.base_url, env={"ENGINE_RETRY_DELAY": "0.5"}).start()
+    try:
+        job_id = gw.submit("cra", text=TEXT * 3, flavor="smollm2-135m")
+        wait_until(lambda: gw.result(job_id)["progress"] > 0, 30, what="progress")
+        engine.stop()
+        message = wait_until(lambda: "retrying" in (m := gw.result(job_id)["message"]) and m, 30,
+                             what="the retrying message")
+        print("while the engine is down:", message)
+        assert "engine unavailable, retrying (" in message
+        health = wait_until(lambda: (h := requests.get(f"{gw.url}/health", timeout=10).json())
+                            ["engine"]["reachable"] is False and h, 15, what="health to show the engine down")
+        assert health["status"] == "degraded"
+        time.sleep(3)
+        engine = FakeEngineProcess("--delay", "0.2", port=port)
+        result = gw.wait_finished(job_id, timeout=90)
+        print(f"after the restart: {result['status']}, retries={result['usage']['retries']}")
+        assert result["status"] == "complete" and result["usage"]["retries"] >= 1
+        wait_until(lambda: requests.get(f"{gw.url}/health", timeout=10).json()["engine"]["reachable"], 15,
+                   what="health to show the engine up")
+    finally:
+        gw.stop()
+        engine.stop()
+
+
+def test_kill_9_mid_job_resumes_from_the_last_batch(tmp_path):
+    """Count the engine's calls: after kill -9 and restart, at most the batch in flight is sent again."""
+    engine = FakeEngineProcess("--delay", "0.3")
+    try:
+        gw = Gateway(tmp_path, engine.base_url).start()
+        text = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))  # 10 batches of 8
+        job_id = gw.submit("cra", text=text, flavor="smollm2-135m")
+        wait_until(lambda: gw.result(job_id)["progress"] >= 30, 60, what="progress >= 30")
+        gw.kill9()
+        sent_before = len(engine.chat_requests())
+        gw2 = Gateway(tmp_path, engine.base_url, port=gw.port, db_path=gw.db_path).start()
+        try:
+            result = gw2.wait_finished(job_id, timeout=90)
+        finally:
+            gw2.stop()
+        total = len(engine.chat_requests())
+        print(f"calls before kill: {sent_before}, total: {total}, batches: 10, resent: {total - 10}")
+        assert result["status"] == "complete"
+        assert [l.split(" : ", 1)[1] for l in result["summarization"].splitlines()] == \
+            [f"intervention numéro {i}" for i in range(80)]
+        assert total <= 11  # every batch once, plus at most the one in flight at the kill
+    finally:
+        engine.stop()
