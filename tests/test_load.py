@@ -1,0 +1,145 @@
+"""Load and churn against the real server: 1000 submissions from 50 clients; 100 manifest edits under traffic.
+
+Figures are printed (run with -s); the assertions are about correctness, never about speed.
+"""
+import json
+import os
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from app.registry import load_folder
+from tests.manifest_factory import flavor, manifest, write_service
+from tests.processes import FakeEngineProcess, Gateway
+
+pytestmark = pytest.mark.slow
+
+
+def test_1000_submissions_from_50_clients(tmp_path):
+    engine = FakeEngineProcess()
+    gw = Gateway(tmp_path, engine.base_url, workers=4).start()
+    try:
+        sessions = threading.local()
+
+        def session():
+            if not hasattr(sessions, "s"):
+                sessions.s = requests.Session()
+            return sessions.s
+
+        def submit(i):
+            response = session().post(f"{gw.url}/services/cred/generate", timeout=60,
+                                      json={"content": f"Orateur {i % 7} : intervention {i}.", "flavor": "smollm2-135m"})
+            return i, response.status_code, response.json().get("jobId")
+
+        accepted, errors = {}, []
+        reads = {"ok": 0, "bad": 0}
+        stop_reading = threading.Event()
+
+        def reader():
+            # GET /results must stay correct during the load: every known id answers its own job.
+            while not stop_reading.is_set():
+                known = list(accepted.items())
+                if not known:
+                    time.sleep(0.01)
+                    continue
+                i, job_id = random.choice(known)
+                body = session().get(f"{gw.url}/results/{job_id}", timeout=30).json()
+                reads["ok" if body.get("jobId") == job_id and body["status"] in
+                      ("queued", "processing", "complete") else "bad"] += 1
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=52) as pool:
+            readers = [pool.submit(reader) for _ in range(2)]
+            for i, status, job_id in pool.map(submit, range(1000)):
+                if status == 202:
+                    accepted[i] = job_id
+                else:
+                    errors.append((i, status))
+            stop_reading.set()
+            for r in readers:
+                r.result()
+        took = time.monotonic() - started
+        rows = sqlite3.connect(gw.db_path).execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        locked = gw.logs().count("database is locked")
+        print(f"\nload: 1000 submissions from 50 clients in {took:.1f} s ({1000 / took:.0f}/s); "
+              f"accepted {len(accepted)}, errors {len(errors)}, rows stored {rows}, "
+              f"'database is locked' {locked}, reads during load ok {reads['ok']} bad {reads['bad']}")
+        assert errors == [] and len(accepted) == 1000 and len(set(accepted.values())) == 1000
+        assert rows == 1000
+        assert locked == 0
+        assert reads["bad"] == 0 and reads["ok"] > 0
+    finally:
+        gw.stop()
+        engine.stop()
+
+
+def test_100_manifest_edits_under_traffic(tmp_path):
+    engine = FakeEngineProcess()
+    folder = tmp_path / "services"
+    shutil.copytree("services", folder)
+    gw = Gateway(tmp_path, engine.base_url, services_dir=str(folder), workers=2).start()
+    try:
+        stop = threading.Event()
+        statuses: list[int] = []
+
+        def traffic():
+            s = requests.Session()
+            while not stop.is_set():
+                for path in ("/services", "/services/churn", "/openapi.json"):
+                    statuses.append(s.get(gw.url + path, timeout=30).status_code)
+                statuses.append(s.post(f"{gw.url}/services/cra/generate", timeout=30,
+                                       json={"content": "A : b", "flavor": "smollm2-135m"}).status_code)
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for t in threads:
+            t.start()
+        rng = random.Random(7)
+        kinds = {"write": 0, "rename": 0, "recreate": 0, "half": 0}
+        for i in range(100):
+            kind = rng.choice(list(kinds))
+            kinds[kind] += 1
+            data = manifest(name="churn", flavors=[flavor(f"v{i}")])
+            path = folder / "churn.json"
+            if kind == "write":
+                write_service(str(folder), "churn", data)
+            elif kind == "rename":
+                tmp = folder / ".churn.json.tmp"
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, path)
+            elif kind == "recreate":
+                if path.exists():
+                    path.unlink()
+                write_service(str(folder), "churn", data)
+            else:  # a half-written file, completed a moment later
+                text = json.dumps(data)
+                path.write_text(text[: len(text) // 2])
+                time.sleep(0.005)
+                path.write_text(text)
+            time.sleep(rng.uniform(0, 0.03))
+        time.sleep(2.5)  # debounce + reload in every worker
+        stop.set()
+        for t in threads:
+            t.join()
+        on_disk = load_folder(str(folder))
+        served = {}
+        for _ in range(20):  # fresh connections reach both workers
+            body = requests.get(f"{gw.url}/services", timeout=10, headers={"Connection": "close"}).json()
+            served[json.dumps(body, sort_keys=True)] = body
+        five_xx = sum(1 for s in statuses if s >= 500)
+        print(f"\nchurn: 100 edits {kinds}, {len(statuses)} requests during them, 5xx: {five_xx}, "
+              f"distinct registry views after: {len(served)}")
+        assert five_xx == 0 and len(statuses) > 0
+        assert len(served) == 1
+        body = next(iter(served.values()))
+        assert body["errors"] == [] and on_disk.errors == ()
+        assert {k: v for k, v in body.items() if k != "errors"} == {n: s.raw for n, s in on_disk.services.items()}
+        assert body["churn"]["flavor"][0]["name"] == "v99"
+    finally:
+        gw.stop()
+        engine.stop()
