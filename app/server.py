@@ -30,6 +30,8 @@ class GatewayServer(BaseApplication):
             # No preload: create_app (database, watched registry) runs in each worker,
             # so no thread is started before the fork.
             "preload_app": False,
+            # The largest request line Gunicorn allows: long query strings get our JSON errors.
+            "limit_request_line": 8190,
         }
         for key, value in options.items():
             self.cfg.set(key, value)

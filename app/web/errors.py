@@ -19,11 +19,14 @@ class ApiError(Exception):
         self.kind = kind
 
 
-def error_response(status: int, message: str, kind: str | None = None):
+def error_response(status: int, message: str, kind: str | None = None, headers=None):
     """The JSON error body and status every error handler returns."""
     kind = kind or _KINDS.get(status, "error")
     response = jsonify({"error": kind, "message": message, "status": status})
     response.status_code = status
+    for name, value in headers or ():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     return response
 
 
@@ -45,7 +48,8 @@ def init_app(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"The upload is larger than the limit of {limit // (1024 * 1024)} MB." if limit else exc.description
             return error_response(413, message)
-        return error_response(exc.code or 500, exc.description or exc.name)
+        # Keep the exception's own headers: a 405 must say which methods are allowed (Allow).
+        return error_response(exc.code or 500, exc.description or exc.name, headers=exc.get_headers())
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

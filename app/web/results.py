@@ -36,8 +36,16 @@ def get_result(job_id: str):
     return jsonify(describe(job)), status
 
 
+def _single_arg(name: str) -> str | None:
+    """A query parameter given at most once."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, f"'{name}' may be given only once.")
+    return values[0] if values else None
+
+
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
+    raw = _single_arg(name)
     if raw is None or raw == "":
         return default
     try:
@@ -67,12 +75,12 @@ def list_results():
         description: Invalid filter.
         content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
     """
-    status = request.args.get("status") or None
+    status = _single_arg("status") or None
     if status is not None and status not in {s.value for s in JobStatus}:
         raise ApiError(400, f"'status' must be one of {', '.join(s.value for s in JobStatus)}.")
     limit = _int_arg("limit", 50, 1, 500)
     offset = _int_arg("offset", 0, 0, 10**9)
-    jobs, total = context.store().list_jobs(status, request.args.get("service") or None, limit, offset)
+    jobs, total = context.store().list_jobs(status, _single_arg("service") or None, limit, offset)
     items = []
     for job in jobs:
         item = describe(job)
