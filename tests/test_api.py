@@ -261,3 +261,19 @@ def test_cors_is_off_unless_configured(tmp_path, services_dir, client):
     cors = create_app(settings, registry=registry).test_client()
     response = cors.get("/services", headers={"Origin": "http://x.test"})
     assert response.headers["Access-Control-Allow-Origin"] == "http://x.test"
+
+
+def test_huge_but_valid_inputs_are_accepted_and_parse_whole(client, app):
+    """A 1 MB line with no speaker and 100 000 tiny turns are valid transcripts: 202, stored whole."""
+    from app.transcript import parse_transcript
+    one_line = ("mot " * 250_000).strip()  # ~1 MB, no label
+    tiny = "\n".join(f"P{i % 9} : oui" for i in range(100_000))
+    for text in (one_line, tiny):
+        response = client.post("/services/one/generate", data={"file": (io.BytesIO(text.encode()), "t.txt")})
+        assert response.status_code == 202, response.get_json()
+        job = app.extensions["store"].get(response.get_json()["jobId"])
+        assert job.input_text == text
+    turns = parse_transcript(one_line)
+    assert [t.speaker for t in turns] == [""] and turns[0].text == one_line
+    turns = parse_transcript(tiny)
+    assert len(turns) == 100_000 and turns[-1].speaker == f"P{99_999 % 9}"
