@@ -1,0 +1,401 @@
+"""Virtual turns, rendering turns, filling templates, and planning batches under a token budget.
+
+Counting is the expensive part, so every sentence is counted once (in one batched call),
+turn lengths are sums of sentence counts, and only what could be over a limit is recounted
+for real: pieces near `max_tokens` and every batch's final prompt.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from app.transcript import Turn
+
+# Fewest tokens a batch must leave for turns; below this no transcript could ever be sent.
+MIN_TURN_ROOM = 16
+
+
+class BudgetError(ValueError):
+    """The template, chat overhead, context reserve and generation leave no room for turns."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive virtual turns sent in one engine call; `start` is the first one's index."""
+
+    start: int
+    turns: tuple[Turn, ...]
+
+
+def render_turn(turn: Turn) -> str:
+    """The line a turn becomes in a prompt: "Speaker : text", or the text when unnamed."""
+    return f"{turn.speaker} : {turn.text}" if turn.speaker else turn.text
+
+
+def fill_template(template: str, values: Sequence[str]) -> str:
+    """Replace each "{}" of `template` by the next value (never str.format: braces stay)."""
+    parts = template.split("{}")
+    if len(parts) - 1 != len(values):
+        raise ValueError(f"template has {len(parts) - 1} '{{}}' placeholders, "
+                         f"{len(values)} values given")
+    out = [parts[0]]
+    for value, part in zip(values, parts[1:]):
+        out.append(value)
+        out.append(part)
+    return "".join(out)
+
+
+def default_context_reserve(flavor) -> int:
+    """Tokens kept for the previous summary lines: one virtual turn's worth per summary line."""
+    if flavor.summary_turns <= 0:
+        return 0
+    return flavor.summary_turns * flavor.create_new_turn_after
+
+
+# --- sentences and pieces --------------------------------------------------------------
+
+# A sentence ends at . ! ? … (with closing quotes/brackets) followed by whitespace; the
+# caller checks that what follows does not start in lower case and that "." does not end an
+# abbreviation ("M. le président", "art. 3", "etc.").
+_END = re.compile(r"[.!?…]+(?:[»\"”’)\]]|[ \u00a0\u202f]+[»”])*(\s+)")
+_ABBREVIATIONS = {
+    "m", "mm", "mme", "mmes", "mlle", "mlles", "dr", "pr", "me", "mgr", "st", "ste", "art",
+    "al", "p", "pp", "etc", "cf", "ex", "vol", "chap", "éd", "ed", "fig", "n", "no", "n°",
+    "nos", "av", "apr", "env", "min", "max", "mr", "mrs", "ms", "prof", "jr", "sr", "vs",
+    "i.e", "e.g", "c.-à-d", "tél", "hab", "op", "cit", "ibid", "coll", "gén", "sq", "ss",
+    "mt", "bd", "dép", "inc", "ltd", "co", "corp", "dept", "approx",
+}
+_WORD = re.compile(r"\s*\S+\s*")
+
+
+def _is_boundary(text: str, match: re.Match) -> bool:
+    """Whether the terminator matched at `match` really ends a sentence."""
+    after = match.end()
+    if after >= len(text):
+        return True
+    if "\n" in match.group(1):
+        return True
+    if text[after].islower():
+        return False
+    terminator = match.group(0).rstrip()
+    if terminator != ".":
+        return True
+    # The word before a lone ".": an abbreviation or an initial does not end a sentence.
+    start = match.start()
+    word_start = max(text.rfind(" ", 0, start), text.rfind("(", 0, start),
+                     text.rfind("«", 0, start), text.rfind("\u00a0", 0, start)) + 1
+    word = text[word_start:start].lower()
+    word = word[max(word.rfind("'"), word.rfind("’")) + 1:]  # "l'art." -> "art"
+    if len(word) == 1 and word.isalpha():
+        return False  # "M.", "B. Dogan"
+    return word not in _ABBREVIATIONS
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences of `text`, each with the whitespace after it; they join back to `text`."""
+    pieces, start = [], 0
+    for match in _END.finditer(text):
+        if _is_boundary(text, match):
+            pieces.append(text[start:match.end()])
+            start = match.end()
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def _words(text: str) -> list[str]:
+    """Words of `text`, each with the whitespace after it; they join back to `text`."""
+    return _WORD.findall(text) or [text]
+
+
+def _margin(limit: int) -> int:
+    """How far under a limit a summed estimate must be to be trusted without a recount."""
+    return 2 + limit // 100
+
+
+def _pack(units: list[str], counts: list[int], room: int) -> list[tuple[str, int, int]]:
+    """Greedily join consecutive units while their summed counts fit `room`:
+    (piece, summed count, number of joins between units)."""
+    out: list[tuple[str, int, int]] = []
+    buf: list[str] = []
+    total = 0
+    for unit, n in zip(units, counts):
+        if buf and total + n > room:
+            out.append(("".join(buf), total, len(buf) - 1))
+            buf, total = [], 0
+        buf.append(unit)
+        total += n
+    if buf:
+        out.append(("".join(buf), total, len(buf) - 1))
+    return out
+
+
+def _cut_chars(text: str, tokenizer, room: int) -> list[tuple[str, int]]:
+    """Cut one over-long word by characters: each time the longest prefix that fits."""
+    out = []
+    rest = text
+    while rest:
+        n = tokenizer.count(rest.strip())
+        if n <= room:
+            out.append((rest, n))
+            break
+        lo, hi = 1, len(rest) - 1  # a piece keeps at least one character, so this ends
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if tokenizer.count(rest[:mid].strip()) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append((rest[:lo], tokenizer.count(rest[:lo].strip())))
+        rest = rest[lo:]
+    return out
+
+
+def _split_units(units: list[str], counts: list[int], tokenizer,
+                 room: int) -> list[tuple[str, int, int]]:
+    """Pack units (sentences) greedily under `room`; a sentence over it is packed word by
+    word, and a word over it character by character, so pieces stay full."""
+    flat_units: list[str] = []
+    flat_counts: list[int] = []
+    for unit, n in zip(units, counts):
+        if n <= room:
+            flat_units.append(unit)
+            flat_counts.append(n)
+            continue
+        words = _words(unit)
+        for word, m in zip(words, tokenizer.count_many([w.strip() for w in words])):
+            if m <= room:
+                flat_units.append(word)
+                flat_counts.append(m)
+            else:
+                for chunk, k in _cut_chars(word, tokenizer, room):
+                    flat_units.append(chunk)
+                    flat_counts.append(k)
+    return _pack(flat_units, flat_counts, room)
+
+
+def _split(text: str, tokenizer, room: int) -> list[tuple[str, int, int]]:
+    """Cut `text` into pieces whose summed sentence (or word) counts fit `room`."""
+    units = _sentences(text)
+    if len(units) == 1:
+        units = _words(text)
+    return _split_units(units, tokenizer.count_many([u.strip() for u in units]), tokenizer, room)
+
+
+def _halves(text: str, tokens: int) -> list[tuple[str, int, int]]:
+    """Two pieces cut at the sentence (else word, else character) boundary nearest the middle;
+    their count is unknown, so `tokens` (the whole's) is given to make them be recounted."""
+    units = _sentences(text)
+    if len(units) == 1:
+        units = _words(text)
+    if len(units) == 1:
+        if len(text.strip()) <= 1:
+            return []
+        middle = len(text) // 2
+        return [(text[:middle], tokens, 0), (text[middle:], tokens, 0)]
+    ends, total = [], 0
+    for unit in units[:-1]:
+        total += len(unit)
+        ends.append(total)
+    cut = min(ends, key=lambda end: abs(2 * end - len(text)))
+    return [(text[:cut], tokens, 0), (text[cut:], tokens, 0)]
+
+
+@dataclass
+class _Piece:
+    """A virtual turn being built: its raw text (trailing space kept) and line token count."""
+
+    speaker: str
+    text: str
+    tokens: int          # tokens of the rendered line: an estimate unless `exact`
+    joins: int = 0       # places where separately counted parts meet (label, sentences)
+    exact: bool = False
+
+    def line(self) -> str:
+        return render_turn(Turn(self.speaker, self.text.strip()))
+
+
+def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int]) -> list[_Piece]:
+    """Recount pieces whose estimate could exceed `limit` and cut again those that do.
+
+    A sum of counts is exact for sentencepiece-style tokenizers; others may differ by about a
+    token where two counted parts meet, hence the allowance per join."""
+    suspects = [p for p in pieces
+                if not p.exact and p.tokens + p.joins > limit - _margin(limit)]
+    for p, n in zip(suspects, tokenizer.count_many([p.line() for p in suspects])):
+        p.tokens, p.exact = n, True
+    out: list[_Piece] = []
+    for p in pieces:
+        if p.tokens <= limit or len(p.text.strip()) <= 1:
+            out.append(p)
+            continue
+        # Over by a few tokens (tokenization across sentence boundaries): cut tighter.
+        room = limit - prefix[p.speaker] - (p.tokens - limit)
+        if room < 1:  # the label alone is about the limit: cutting the text cannot help
+            out.append(p)
+            continue
+        cut = _split(p.text, tokenizer, room)
+        if len(cut) == 1:  # the sums say it fits, the tokenizer disagrees: halve it
+            cut = _halves(p.text, p.tokens)
+        if len(cut) <= 1:
+            out.append(p)
+            continue
+        joins = 1 if p.speaker else 0
+        parts = [_Piece(p.speaker, t, prefix[p.speaker] + n, joins + j) for t, n, j in cut]
+        out.extend(_settle(parts, tokenizer, limit, prefix))
+    return out
+
+
+def _prefix_costs(speakers, tokenizer) -> dict[str, int]:
+    """Tokens that "Speaker :" adds to a line, per speaker ("" costs nothing)."""
+    names = sorted({s for s in speakers if s})
+    costs = dict(zip(names, tokenizer.count_many([f"{s} :" for s in names])))
+    costs[""] = 0
+    return costs
+
+
+def _virtual_pieces(turns: Sequence[Turn], tokenizer, max_tokens: int,
+                    prefix: dict[str, int] | None = None) -> list[_Piece]:
+    """Cut turns whose line exceeds `max_tokens`; every sentence is counted once, in one call."""
+    if prefix is None:
+        prefix = _prefix_costs((t.speaker for t in turns), tokenizer)
+    per_turn = [_sentences(t.text) for t in turns]
+    flat = [u.strip() for units in per_turn for u in units]
+    counts = iter(tokenizer.count_many(flat))
+    pieces: list[_Piece] = []
+    for turn, units in zip(turns, per_turn):
+        unit_counts = [next(counts) for _ in units]
+        est = prefix[turn.speaker] + sum(unit_counts)
+        label_join = 1 if turn.speaker else 0
+        if est <= max_tokens:
+            pieces.append(_Piece(turn.speaker, turn.text, est, label_join + len(units) - 1))
+            continue
+        # When the label takes most of the limit the line cannot fit anyway: keep pieces of
+        # a quarter of the limit rather than crumbs of a word or two.
+        room = max(1, max_tokens // 4, max_tokens - prefix[turn.speaker])
+        for text, n, joins in _split_units(units, unit_counts, tokenizer, room):
+            pieces.append(_Piece(turn.speaker, text, prefix[turn.speaker] + n, label_join + joins))
+    return _settle(pieces, tokenizer, max_tokens, prefix)
+
+
+def split_text(text: str, tokenizer, max_tokens: int) -> list[str]:
+    """Cut text greedily at sentence (else word, else character) ends into pieces of <= max_tokens."""
+    # Each piece, stripped, counts at most max_tokens; whitespace stays with the piece before
+    # it, so "".join(pieces) == text.
+    if not text.strip():
+        return [text] if text else []
+    pieces = [_Piece("", t, n, j) for t, n, j in _split(text, tokenizer, max_tokens)]
+    return [p.text for p in _settle(pieces, tokenizer, max_tokens, {"": 0})]
+
+
+def split_long_turns(turns: Sequence[Turn], tokenizer, max_tokens: int) -> list[Turn]:
+    """Virtual turns: cut each turn whose rendered line exceeds max_tokens, keeping its speaker."""
+    return [Turn(p.speaker, p.text.strip()) for p in _virtual_pieces(turns, tokenizer, max_tokens)]
+
+
+# --- batches -----------------------------------------------------------------------------
+
+def _empty_values(fields: int) -> list[str]:
+    if fields not in (1, 2):
+        raise ValueError(f"a summary template has 1 or 2 fields, not {fields}")
+    return [""] * fields
+
+
+def _fill(template: str, fields: int, turns_text: str) -> str:
+    """The prompt of one batch; for 2 fields the context (previous summary) comes first, empty."""
+    return fill_template(template, ["", turns_text] if fields == 2 else [turns_text])
+
+
+def _prompt_limit(fields: int, flavor, tokenizer, context_reserve: int) -> int:
+    """Most tokens the filled prompt may have."""
+    return (flavor.total_context_length - flavor.max_generation_length
+            - tokenizer.chat_overhead() - context_reserve)
+
+
+def prompt_room(template: str, fields: int, flavor, tokenizer, context_reserve: int = 0) -> int:
+    """Tokens left for turns once template, chat overhead, context reserve and generation are paid."""
+    base = tokenizer.count(fill_template(template, _empty_values(fields)))
+    return _prompt_limit(fields, flavor, tokenizer, context_reserve) - base
+
+
+def _newline_cost(tokenizer) -> int:
+    """Tokens joining two lines costs: the newline, plus one for how the next line starts."""
+    joined = tokenizer.count("Très bien.\nLa parole est à M. le ministre.")
+    apart = tokenizer.count_many(["Très bien.", "La parole est à M. le ministre."])
+    return max(1, joined - sum(apart)) + 1
+
+
+def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, tokenizer,
+                 context_reserve: int = 0) -> list[Batch]:
+    """Cut long turns into virtual turns and pack consecutive ones into batches that fit the context."""
+    # A batch fits when count(filled prompt) + chat overhead + context_reserve +
+    # max_generation_length <= total_context_length, and it has at most max_new_turns turns.
+    room = prompt_room(template, fields, flavor, tokenizer, context_reserve)
+    if room < MIN_TURN_ROOM:
+        raise BudgetError(
+            f"flavor {flavor.name!r}: the template, chat overhead ({tokenizer.chat_overhead()}), "
+            f"context reserve ({context_reserve}) and generation ({flavor.max_generation_length}) "
+            f"leave {room} tokens of {flavor.total_context_length} for the transcript")
+    limit = _prompt_limit(fields, flavor, tokenizer, context_reserve)
+    base = limit - room
+    cut_at = min(flavor.create_new_turn_after, room) if flavor.create_new_turn_after > 0 else room
+    prefix = _prefix_costs((t.speaker for t in turns), tokenizer)
+    pieces = _virtual_pieces(turns, tokenizer, cut_at, prefix)
+    max_turns = flavor.max_new_turns if flavor.max_new_turns > 0 else len(pieces)
+    lines = [p.line() for p in pieces]
+    newline = _newline_cost(tokenizer)
+
+    def prompt(start: int, end: int) -> str:
+        return _fill(template, fields, "\n".join(lines[start:end]))
+
+    def greedy(start: int) -> list[tuple[int, int]]:
+        ranges = []
+        while start < len(pieces):
+            end, total = start + 1, base + pieces[start].tokens
+            while (end < len(pieces) and end - start < max_turns
+                   and total + newline + pieces[end].tokens <= limit):
+                total += newline + pieces[end].tokens
+                end += 1
+            ranges.append((start, end))
+            start = end
+        return ranges
+
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < len(pieces):
+        ranges = greedy(start)
+        real = tokenizer.count_many([prompt(s, e) for s, e in ranges])
+        for (s, e), n in zip(ranges, real):
+            if n <= limit:
+                spans.append((s, e))
+                start = e
+                continue
+            # The estimate was short: drop about the excess, then one turn at a time.
+            excess = n - limit
+            while e - s > 1 and excess > 0:
+                e -= 1
+                excess -= pieces[e].tokens + newline
+            n = tokenizer.count(prompt(s, e))
+            while e - s > 1 and n > limit:
+                e -= 1
+                n = tokenizer.count(prompt(s, e))
+            if n <= limit:
+                spans.append((s, e))
+                start = e
+            else:  # one virtual turn alone is too long here: cut it further, never skip it
+                piece = pieces[s]
+                if not piece.exact:
+                    piece.tokens, piece.exact = tokenizer.count(piece.line()), True
+                budget = piece.tokens - (n - limit) - 1
+                if budget < 1:
+                    raise BudgetError(f"flavor {flavor.name!r}: a turn cannot fit in {room} tokens")
+                smaller = _settle([piece], tokenizer, budget, prefix)
+                if len(smaller) == 1:
+                    raise BudgetError(f"flavor {flavor.name!r}: a turn cannot fit in {room} tokens")
+                pieces[s:s + 1] = smaller
+                lines[s:s + 1] = [p.line() for p in smaller]
+                start = s
+            break  # the later ranges were planned on stale numbers: plan again from `start`
+    return [Batch(s, tuple(Turn(p.speaker, p.text.strip()) for p in pieces[s:e]))
+            for s, e in spans]

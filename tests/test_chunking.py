@@ -1,0 +1,258 @@
+"""Virtual turns and batch planning on the shared transcripts, counted by the real tokenizer."""
+import statistics
+from pathlib import Path
+
+import pytest
+
+from app.chunking import _sentences  # noqa: the splitter's boundaries, tested directly
+from app.chunking import (Batch, BudgetError, default_context_reserve, fill_template,
+                          plan_batches, prompt_room, render_turn, split_long_turns, split_text)
+from app.manifests import Flavor
+from app.tokenizers import Tokenizer, default_tokenizer
+from app.transcript import Turn, parse_transcript
+
+DATA = Path(__file__).parent / "data"
+SERVICES = Path(__file__).parent.parent / "services"
+FR_MEDIUM = DATA / "fr" / "fr_medium_an_qag_2013-02-12.txt"
+AW01 = DATA / "awkward" / "aw01_very_long_single_turn_fr.txt"
+TRANSCRIPTS = sorted(p for p in DATA.glob("*/*")
+                     if p.suffix in (".txt", ".srt", ".vtt") and ".summary" not in p.name)
+CRA_TEMPLATE = (SERVICES / "cra.txt").read_text(encoding="utf-8")        # 2 fields
+SUMMARY_TEMPLATE = (SERVICES / "summary.txt").read_text(encoding="utf-8")  # 1 field
+TOK = default_tokenizer()  # Mistral's sentencepiece, as the seed's flavors use
+
+
+def cra_flavor(**overrides) -> Flavor:
+    """The seed's cra/mixtral settings."""
+    values = dict(name="mixtral", model="TheBloke/Instruct_Mixtral-8x7B-v0.1_Dolly15K-AWQ",
+                  total_context_length=32768, max_generation_length=2048,
+                  create_new_turn_after=178, summary_turns=2, max_new_turns=6)
+    values.update(overrides)
+    return Flavor(**values)
+
+
+def parse(path: Path) -> list[Turn]:
+    return parse_transcript(path.read_bytes(), path.name)
+
+
+def words(turns) -> list[str]:
+    return " ".join(t.text for t in turns).split()
+
+
+def prompt_of(batch: Batch, template: str, fields: int) -> str:
+    text = "\n".join(render_turn(t) for t in batch.turns)
+    return fill_template(template, ["", text] if fields == 2 else [text])
+
+
+def assert_plan_is_sound(turns, batches, template, fields, flavor, tokenizer, reserve):
+    """Every turn once, in order, each batch within every limit by a real count."""
+    virtual = [t for b in batches for t in b.turns]
+    assert words(virtual) == words(turns)
+    assert [b.start for b in batches] == [sum(len(b.turns) for b in batches[:i])
+                                          for i in range(len(batches))]
+    # Virtual turns keep their speaker: walk the original turns along the pieces.
+    i, consumed = 0, []
+    for vt in virtual:
+        while turns[i].speaker != vt.speaker or not turns[i].text.strip():
+            assert not consumed, "a turn was cut into pieces of different speakers"
+            i += 1
+        consumed += vt.text.split()
+        if consumed == turns[i].text.split():
+            i, consumed = i + 1, []
+    assert not consumed and all(not t.text.strip() for t in turns[i:])
+    budget = flavor.total_context_length - flavor.max_generation_length - reserve
+    counts = tokenizer.count_many([prompt_of(b, template, fields) for b in batches])
+    for batch, n in zip(batches, counts):
+        assert 1 <= len(batch.turns) <= flavor.max_new_turns
+        assert n + tokenizer.chat_overhead() <= budget
+    if turns:
+        assert batches[-1].turns[-1].text.split()[-3:] == turns[-1].text.split()[-3:]
+
+
+# --- rendering and templates --------------------------------------------------------------
+
+def test_render_turn():
+    assert render_turn(Turn("M. le président", "La parole est à M. Jégo.")) == \
+        "M. le président : La parole est à M. Jégo."
+    assert render_turn(Turn("", "Sans orateur.")) == "Sans orateur."
+
+
+def test_fill_template_fills_in_order_and_leaves_other_braces():
+    template = "Contexte :\n{}\nJSON {\"a\": {x}} {0} {{}}\n"
+    filled = fill_template(template, ["C {}", "T {name}"])
+    # The second "{}" is the one inside "{{}}"; values are never re-read as placeholders.
+    assert filled == "Contexte :\nC {}\nJSON {\"a\": {x}} {0} {T {name}}\n"
+    assert fill_template(CRA_TEMPLATE, ["X", "Y"]).count("X") == 1
+    with pytest.raises(ValueError, match="2 '{}' placeholders, 1 values"):
+        fill_template("{} {}", ["a"])
+    with pytest.raises(ValueError):
+        fill_template("no placeholder", ["a"])
+    assert fill_template("nothing", []) == "nothing"
+
+
+# --- splitting ----------------------------------------------------------------------------------
+
+def test_long_speech_is_packed_greedily_into_full_pieces():
+    speech = max(parse(AW01), key=lambda t: len(t.text)).text
+    assert len(speech) > 18_000
+    pieces = split_text(speech, TOK, 178)
+    assert "".join(pieces) == speech
+    counts = TOK.count_many([p.strip() for p in pieces])
+    assert max(counts) <= 178
+    # Greedy: about total/178 pieces, not one per sentence, and most nearly full.
+    assert len(pieces) <= 1.3 * TOK.count(speech) / 178
+    assert statistics.median(counts) >= 140
+    # Cuts fall between sentences, except inside the one sentence longer than the limit.
+    assert max(TOK.count(s.strip()) for s in _sentences(speech)) > 178
+    assert sum(not p.endswith((". ", "! ", "? ", "» ")) for p in pieces[:-1]) == 1
+
+
+def test_french_punctuation_does_not_end_sentences():
+    sentences = [
+        "M. le président, Mme Dupont et MM. Martin ont signé l'art. 3, p. 12, etc. sans débat. ",
+        "Le taux passe de 3,5 % à 4 % en 2013. ",
+        "« Pourquoi ? » demande-t-il. ",
+        "« Parce que ! » ",
+        "Vraiment ?! ",
+        "Oui… ",
+        "(Applaudissements sur les bancs du groupe SRC.) ",
+        "B. Dogan répond.",
+    ]
+    assert _sentences("".join(sentences)) == sentences
+
+
+def test_one_long_sentence_is_cut_between_words_and_a_long_word_by_characters():
+    sentence = "et " * 300 + "voilà."
+    pieces = split_text(sentence, TOK, 50)
+    assert "".join(pieces) == sentence
+    assert all(TOK.count(p.strip()) <= 50 for p in pieces)
+    assert all(p.endswith(" ") for p in pieces[:-1])  # no word broken
+    word = "anticonstitutionnellement" * 20
+    pieces = split_text(word, TOK, 10)
+    assert "".join(pieces) == word
+    assert all(TOK.count(p) <= 10 for p in pieces) and len(pieces) >= TOK.count(word) / 10
+
+
+def test_split_text_edge_cases():
+    assert split_text("", TOK, 10) == []
+    assert split_text("   ", TOK, 10) == ["   "]
+    assert split_text("  Court.  ", TOK, 10) == ["  Court.  "]
+    text = "  Une phrase. Une autre phrase.\nEt une troisième !  "
+    pieces = split_text(text, TOK, 4)
+    assert "".join(pieces) == text and all(TOK.count(p.strip()) <= 4 for p in pieces)
+
+
+def test_split_long_turns_keeps_speakers_and_limits_rendered_lines():
+    turns = parse(AW01)
+    virtual = split_long_turns(turns, TOK, 178)
+    assert max(TOK.count_many([render_turn(t) for t in virtual])) <= 178
+    short = [t for t in turns if TOK.count(render_turn(t)) <= 178]
+    assert [t for t in virtual if t in short] == short  # short turns are left alone
+    assert len(short) == 3 and 35 <= len(virtual) - 3 <= 50
+    for turn in turns:
+        pieces = [t for t in virtual if t.speaker == turn.speaker and t not in short]
+        if turn not in short:
+            assert " ".join(t.text for t in pieces) == turn.text
+    assert all(t.text == t.text.strip() for t in virtual)
+
+
+class BytePairsTokenizer(Tokenizer):
+    """Not additive over sentences: one token per 2 UTF-8 bytes of the whole text."""
+
+    name = "pairs"
+
+    def count(self, text):
+        return (len(text.encode()) + 1) // 2
+
+
+def test_non_additive_tokenizer_still_gets_exact_limits():
+    turns = parse(AW01)
+    virtual = split_long_turns(turns, BytePairsTokenizer(), 60)
+    assert all(BytePairsTokenizer().count(render_turn(t)) <= 60 for t in virtual)
+    assert words(virtual) == words(turns)
+
+
+# --- batches --------------------------------------------------------------------------------
+
+def test_cra_settings_on_fr_medium():
+    flavor = cra_flavor()
+    reserve = default_context_reserve(flavor)
+    assert reserve == 2 * 178
+    turns = parse(FR_MEDIUM)
+    batches = plan_batches(turns, CRA_TEMPLATE, 2, flavor, TOK, reserve)
+    virtual = [t for b in batches for t in b.turns]
+    assert len(turns) == 149 and 240 <= len(virtual) <= 270   # 254 with this tokenizer
+    assert 38 <= len(batches) <= 50                             # 43 (6 turns a batch binds)
+    assert all(len(b.turns) == 6 for b in batches[:-1])
+    assert_plan_is_sound(turns, batches, CRA_TEMPLATE, 2, flavor, TOK, reserve)
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)
+def test_every_shared_transcript_plans_soundly(path):
+    turns = parse(path)
+    for template, fields in ((CRA_TEMPLATE, 2), (SUMMARY_TEMPLATE, 1)):
+        flavor = cra_flavor()
+        reserve = default_context_reserve(flavor) if fields == 2 else 0
+        batches = plan_batches(turns, template, fields, flavor, TOK, reserve)
+        assert_plan_is_sound(turns, batches, template, fields, flavor, TOK, reserve)
+
+
+@pytest.mark.parametrize("path", [FR_MEDIUM, DATA / "en" / "en_medium_ami_ES2004c.txt",
+                                  DATA / "awkward" / "aw05_subtitles_en.srt"], ids=lambda p: p.name)
+def test_token_budget_binds_in_a_small_context(path):
+    # smollm2-like: 4096 tokens, many turns a batch: the token budget decides, not maxNewTurns.
+    turns = parse(path)
+    flavor = cra_flavor(total_context_length=2048, max_generation_length=512,
+                        create_new_turn_after=150, max_new_turns=100)
+    reserve = default_context_reserve(flavor)
+    batches = plan_batches(turns, CRA_TEMPLATE, 2, flavor, TOK, reserve)
+    assert_plan_is_sound(turns, batches, CRA_TEMPLATE, 2, flavor, TOK, reserve)
+    room = prompt_room(CRA_TEMPLATE, 2, flavor, TOK, reserve)
+    used = [TOK.count("\n".join(map(render_turn, b.turns))) for b in batches[:-1]]
+    assert statistics.mean(used) > 0.85 * room  # packed full
+
+
+def test_room_smaller_than_a_virtual_turn_cuts_turns_further():
+    turns = parse(AW01)
+    flavor = cra_flavor(total_context_length=400, max_generation_length=100, summary_turns=0)
+    room = prompt_room(SUMMARY_TEMPLATE, 1, flavor, TOK, 0)
+    assert 16 <= room < 178
+    batches = plan_batches(turns, SUMMARY_TEMPLATE, 1, flavor, TOK, 0)
+    assert_plan_is_sound(turns, batches, SUMMARY_TEMPLATE, 1, flavor, TOK, 0)
+
+
+def test_non_additive_tokenizer_batches_fit_by_real_counts():
+    tok = BytePairsTokenizer()
+    turns = parse(DATA / "fr" / "fr_small_an_qag_securite_alimentaire_2013-02-12.txt")
+    flavor = cra_flavor(total_context_length=1500, max_generation_length=200, max_new_turns=50)
+    batches = plan_batches(turns, CRA_TEMPLATE, 2, flavor, tok, 100)
+    assert_plan_is_sound(turns, batches, CRA_TEMPLATE, 2, flavor, tok, 100)
+
+
+def test_prompt_room_and_budget_error():
+    flavor = cra_flavor()
+    empty = TOK.count(fill_template(CRA_TEMPLATE, ["", ""]))
+    assert prompt_room(CRA_TEMPLATE, 2, flavor, TOK, 356) == \
+        32768 - 2048 - TOK.chat_overhead() - 356 - empty
+    tight = cra_flavor(total_context_length=2048 + empty + TOK.chat_overhead() + 10)
+    assert prompt_room(CRA_TEMPLATE, 2, tight, TOK, 0) == 10
+    with pytest.raises(BudgetError, match="leave 10 tokens"):
+        plan_batches(parse(AW01), CRA_TEMPLATE, 2, tight, TOK, 0)
+    with pytest.raises(BudgetError):
+        plan_batches(parse(AW01), CRA_TEMPLATE, 2, cra_flavor(), TOK, 32768)
+    with pytest.raises(ValueError):
+        prompt_room(CRA_TEMPLATE, 3, flavor, TOK, 0)
+
+
+def test_default_context_reserve():
+    assert default_context_reserve(cra_flavor()) == 356
+    assert default_context_reserve(cra_flavor(summary_turns=0)) == 0
+    assert default_context_reserve(cra_flavor(summary_turns=3, create_new_turn_after=150)) == 450
+
+
+def test_empty_and_unnamed_transcripts():
+    assert plan_batches([], CRA_TEMPLATE, 2, cra_flavor(), TOK, 356) == []
+    turns = parse(DATA / "awkward" / "aw02_no_speaker_labels_fr.txt")
+    batches = plan_batches(turns, SUMMARY_TEMPLATE, 1, cra_flavor(), TOK, 0)
+    assert all(t.speaker == "" for b in batches for t in b.turns)
+    assert_plan_is_sound(turns, batches, SUMMARY_TEMPLATE, 1, cra_flavor(), TOK, 0)
