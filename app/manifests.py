@@ -245,12 +245,13 @@ def load_service(manifest_path: str) -> Service:
 
 def check_prompt_room(service: Service, flavor: Flavor, template: str) -> None:
     """Reject a flavor whose template and reserved lengths leave no room for the transcript."""
-    # The real tokenizer of a flavor may live behind the engine; the check here uses a
-    # deliberately optimistic estimate (4 characters a token) so it only rejects flavors
-    # that can never work. The exact budget is enforced when batches are planned.
-    reserve = flavor.summary_turns * flavor.create_new_turn_after if service.fields == 2 else 0
-    room = flavor.total_context_length - flavor.max_generation_length - reserve - len(template) // 4
-    if room < 16:
-        raise ManifestError(f"flavor '{flavor.name}': the template ({len(template) // 4}+ tokens), the generation length"
-                            f" ({flavor.max_generation_length}) and the summary context ({reserve}) leave no room for"
-                            f" the transcript in a context of {flavor.total_context_length} tokens")
+    # Counted with the offline default tokenizer: the flavor's own one may live behind an
+    # engine that is not up yet. The exact budget is enforced again when batches are planned.
+    from app.chunking import MIN_TURN_ROOM, default_context_reserve, prompt_room
+    from app.tokenizers import default_tokenizer
+    reserve = default_context_reserve(flavor) if service.fields == 2 else 0
+    room = prompt_room(template, service.fields, flavor, default_tokenizer(), reserve)
+    if room < MIN_TURN_ROOM:
+        raise ManifestError(f"flavor '{flavor.name}': the template, the generation length ({flavor.max_generation_length})"
+                            f" and the summary context ({reserve}) leave {max(room, 0)} tokens for the transcript"
+                            f" in a context of {flavor.total_context_length} tokens")

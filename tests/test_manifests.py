@@ -46,7 +46,7 @@ def test_json_and_yaml_load_the_same(tmp_path):
     (manifest(flavors=[flavor(colour="red")]), "unknown key(s) colour"),
     (manifest(flavors=[flavor(fallbackFlavor="nope")]), "'fallbackFlavor'"),
     (manifest(flavors=[flavor(reduceSummary=True)]), "needs 'reduce_prompt'"),
-    (manifest(flavors=[flavor(totalContextLength=1000, maxGenerationLength=600, createNewTurnAfter=200)]), "no room"),
+    (manifest(flavors=[flavor(totalContextLength=1000, maxGenerationLength=600, createNewTurnAfter=200)]), "leave 0 tokens"),
 ])
 def test_invalid_manifests_are_refused_with_a_clear_message(tmp_path, data, needle):
     path = write_service(str(tmp_path), "svc", data, template="A {}\nB {}\n" if data.get("fields") != 1 else "A {}\n")
@@ -116,3 +116,13 @@ def test_reduce_prompt_must_be_inside_and_have_one_field(tmp_path):
         load_service(write_service(str(tmp_path), "svc", data))
     (tmp_path / "reduce.txt").write_text("Summarize: {}")
     assert load_service(write_service(str(tmp_path), "svc", data)).flavors[0].reduce_summary
+
+
+def test_prompt_room_is_counted_with_a_real_tokenizer(tmp_path):
+    # 600 generated + 2 x 150 context + the template leave a little under 100 tokens: loads.
+    ok = manifest(flavors=[flavor(totalContextLength=1000, maxGenerationLength=600)])
+    assert load_service(write_service(str(tmp_path), "svc", ok)).flavors[0].total_context_length == 1000
+    # A template of ~120 tokens (by the Mistral tokenizer) in the same budget leaves none.
+    long_template = "Consigne détaillée. " * 24 + "\n{}\n{}\n"
+    with pytest.raises(ManifestError, match="leave 0 tokens"):
+        load_service(write_service(str(tmp_path), "svc", ok, template=long_template))
