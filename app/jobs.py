@@ -291,6 +291,12 @@ class JobStore:
         row = self._connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
+    def get_state(self, job_id: str) -> tuple[str, int, str] | None:
+        """A job's (status, progress, message), or None: cheap enough to poll (no input, no result)."""
+        row = self._connect().execute("SELECT status, progress, message FROM jobs WHERE id = ?",
+                                      (job_id,)).fetchone()
+        return (row["status"], row["progress"], row["message"]) if row else None
+
     def cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked to cancel this job."""
         row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -17,6 +17,7 @@ from typing import Callable
 from app.chunking import BudgetError
 from app.engine import EngineError, RetryPolicy, get_engine
 from app.jobs import Job, JobStore
+from app.logs import job_context
 from app.manifests import ManifestError, read_template
 from app.registry import ServiceRegistry
 from app.settings import Settings
@@ -78,13 +79,18 @@ class Runner:
             job = self.store.claim_next(now=now)
             if job is None:
                 break
-            log.info("runner: job %s claimed (%s/%s, attempt %d)", job.id, job.service, job.flavor, job.attempts)
+            with job_context(job.id):
+                log.info("runner: job %s claimed (%s/%s, attempt %d)", job.id, job.service, job.flavor, job.attempts)
             self._running[job.id] = self._pool.submit(self.run_job, job)
             started += 1
         return started
 
     def run_job(self, job: Job) -> None:
         """Run one job to its end: complete, failed, or back in the queue if interrupted."""
+        with job_context(job.id):       # every line logged for this job, in any thread, carries its id
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
         try:
             result = self._summarize(job)
         except JobInterrupted:
@@ -95,7 +101,7 @@ class Runner:
                 self.store.requeue(job.id, "interrupted by a shutdown; it will resume where it stopped")
                 log.info("runner: job %s interrupted; queued again", job.id)
         except (JobFailed, EngineError, TranscriptError, ManifestError, BudgetError) as exc:
-            self.store.fail(job.id, str(exc))
+            self.store.fail(job.id, str(exc), getattr(exc, "usage", None))
             log.warning("runner: job %s failed: %s", job.id, exc)
         except Exception as exc:  # a bug in one job must not stop the runner
             log.exception("runner: job %s failed unexpectedly", job.id)

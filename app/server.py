@@ -21,11 +21,14 @@ class GatewayServer(BaseApplication):
             "timeout": s.timeout,
             # gthread: a slow client holds a thread, not the whole worker.
             "worker_class": "gthread",
-            "threads": 8,
+            "threads": s.worker_threads,
             "graceful_timeout": 10,
             "loglevel": "debug" if s.debug else "info",
             "accesslog": None,
             "errorlog": "-",
+            # Gunicorn's own lines go through our handler: one format (text or JSON) for the whole log.
+            "logger_class": "app.logs.GunicornLogger",
+            "post_worker_init": _streams_end_with_worker,
             "proc_name": f"{s.service_name}-web",
             # No preload: create_app (database, watched registry) runs in each worker,
             # so no thread is started before the fork.
@@ -41,6 +44,12 @@ class GatewayServer(BaseApplication):
         from app.web import create_app
         configure_logging(self.settings, "web")
         return create_app(self.settings)
+
+
+def _streams_end_with_worker(worker) -> None:
+    # An open event stream ends as soon as its worker is told to stop, instead of holding the
+    # worker until Gunicorn's graceful timeout kills it; clients reconnect or poll.
+    worker.wsgi.extensions["serving"] = lambda: worker.alive
 
 
 def run_web(settings: Settings) -> None:

@@ -46,12 +46,17 @@ class Settings:
     cors_origins: str = _setting("--cors_origins", "CORS_ORIGINS", "", "Comma-separated origins allowed by CORS (empty: CORS off).")
     result_ttl_days: float = _setting("--result_ttl_days", "RESULT_TTL_DAYS", 30, "Finished jobs older than this are deleted (0 keeps them forever).", float)
     reload_debounce: float = _setting("--reload_debounce", "RELOAD_DEBOUNCE", 0.3, "Seconds of quiet before the services folder is reloaded.", float)
+    worker_threads: int = _setting("--worker_threads", "WORKER_THREADS", 8, "Threads per Gunicorn worker: requests served at once; each open event stream holds one.", int)
+    log_format: str = _setting("--log_format", "LOG_FORMAT", "text", "Log line format: text or json (one JSON object per line).")
 
     def __post_init__(self) -> None:
         for name, low in (("service_port", 0), ("workers", 1), ("timeout", 1), ("max_concurrent_jobs", 1),
-                          ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("max_upload_mb", 1)):
+                          ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("max_upload_mb", 1),
+                          ("worker_threads", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some settings changed."""

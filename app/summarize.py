@@ -8,6 +8,7 @@ overflows the context is retried in two halves, and the state after every batch 
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import re
@@ -17,8 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from app import chunking
-from app.engine import (Completion, ContextOverflowError, EngineClient, RetryPolicy,
+from app import chunking, metrics
+from app.engine import (Completion, ContextOverflowError, EngineClient, EngineError, RetryPolicy,
                         call_with_retries)
 from app.manifests import Flavor
 from app.transcript import Turn
@@ -66,15 +67,19 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
                on_message=on_message, should_stop=should_stop,
                policy=retry_policy or RetryPolicy(), sleep=sleep)
     state = job.resume_state(checkpoint)
-    if fields == 2:
-        lines = job.run_in_order(batches, state)
-    else:
-        lines = job.run_concurrently(batches, state, max(1, concurrency))
-    if flavor.reduce_summary and lines:
-        if reduce_template:
-            lines = job.reduce(lines, reduce_template)
+    try:
+        if fields == 2:
+            lines = job.run_in_order(batches, state)
         else:
-            job.warn("reduceSummary is set but the flavor has no reduce prompt; not reduced")
+            lines = job.run_concurrently(batches, state, max(1, concurrency))
+        if flavor.reduce_summary and lines:
+            if reduce_template:
+                lines = job.reduce(lines, reduce_template)
+            else:
+                job.warn("reduceSummary is set but the flavor has no reduce prompt; not reduced")
+    except EngineError as error:
+        error.usage = job.usage_report()    # a failed job still reports the calls and retries it spent
+        raise
     if flavor.consolidate_summary:
         lines = consolidate(lines)
     return SummaryResult("\n".join(lines), job.usage_report(), list(job.warnings))
@@ -197,11 +202,18 @@ class _Job:
                 self.usage["retries"] += 1
             self.post(f"engine unavailable, retrying ({attempt}/{max_retries})")
 
-        completion = call_with_retries(
-            lambda: self.engine.complete(
-                model=self.flavor.model, prompt=prompt, temperature=self.temperature,
-                top_p=self.top_p, max_tokens=self.flavor.max_generation_length),
-            self.policy, on_retry=on_retry, sleep=self.backoff_sleep)
+        def attempt() -> Completion:
+            try:
+                return self.engine.complete(
+                    model=self.flavor.model, prompt=prompt, temperature=self.temperature,
+                    top_p=self.top_p, max_tokens=self.flavor.max_generation_length)
+            except EngineError as error:
+                metrics.count_engine_error(error)
+                raise
+
+        completion = call_with_retries(attempt, self.policy, on_retry=on_retry,
+                                       sleep=self.backoff_sleep)
+        metrics.count_engine_call(self.flavor.name, completion)
         with self.lock:
             self.usage["calls"] += 1
             self.usage["prompt_tokens"] += completion.prompt_tokens
@@ -302,8 +314,9 @@ class _Job:
                 while todo and len(in_flight) < concurrency:
                     self.check_stop()
                     batch = todo.pop(0)
-                    in_flight[pool.submit(self.summarize_turns, batch.start, batch.turns,
-                                          None)] = batch
+                    # A copy of the context per batch: its log lines carry the job id.
+                    in_flight[pool.submit(contextvars.copy_context().run, self.summarize_turns,
+                                          batch.start, batch.turns, None)] = batch
                 finished, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 self.deliver_messages()
                 for future in finished:

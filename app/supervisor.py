@@ -10,12 +10,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
+from app.metrics import MULTIPROC_ENV, reset_multiproc_dir
 from app.settings import Settings, setting_fields
 
 log = logging.getLogger(__name__)
@@ -23,9 +26,11 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def child_environment(settings: Settings) -> dict[str, str]:
+def child_environment(settings: Settings, metrics_dir: str | None = None) -> dict[str, str]:
     """The environment that hands every setting to a child (the key is not put on the command line)."""
     env = dict(os.environ)
+    if metrics_dir:
+        env[MULTIPROC_ENV] = metrics_dir   # web workers and the runner share their counters there
     for f in setting_fields():
         value = getattr(settings, f.name)
         if f.metadata["env"]:
@@ -42,10 +47,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_child(role: str, settings: Settings) -> subprocess.Popen:
+def start_child(role: str, settings: Settings, metrics_dir: str | None = None) -> subprocess.Popen:
     """Start `python3 -m app <role>` with the settings in its environment."""
-    return subprocess.Popen([sys.executable, "-m", "app", role], env=child_environment(settings),
+    return subprocess.Popen([sys.executable, "-m", "app", role], env=child_environment(settings, metrics_dir),
                             preexec_fn=_die_with_parent)
+
+
+def prepare_metrics_dir() -> tuple[str, bool]:
+    """The metrics folder (PROMETHEUS_MULTIPROC_DIR, or a new temporary one), emptied; and whether we made it."""
+    given = os.environ.get(MULTIPROC_ENV)
+    path = given or tempfile.mkdtemp(prefix="llm-gateway-metrics-")
+    reset_multiproc_dir(path)
+    return path, not given
 
 
 def supervise(settings: Settings, poll_interval: float = 0.5) -> int:
@@ -53,7 +66,8 @@ def supervise(settings: Settings, poll_interval: float = 0.5) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    children = {"runner": start_child("runner", settings), "web": start_child("web", settings)}
+    metrics_dir, made = prepare_metrics_dir()
+    children = {"runner": start_child("runner", settings, metrics_dir), "web": start_child("web", settings, metrics_dir)}
     log.info("supervisor: web (pid %d) on %s:%d, runner (pid %d)", children["web"].pid, settings.host,
              settings.service_port, children["runner"].pid)
     code = 0
@@ -65,9 +79,11 @@ def supervise(settings: Settings, poll_interval: float = 0.5) -> int:
         if children["runner"].poll() is not None:
             log.error("supervisor: the runner exited (code %s); starting it again", children["runner"].returncode)
             time.sleep(1.0)
-            children["runner"] = start_child("runner", settings)
+            children["runner"] = start_child("runner", settings, metrics_dir)
         stop.wait(poll_interval)
     stop_children(children.values(), grace=max(5.0, settings.timeout / 4 + 2))
+    if made:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
 
 

@@ -131,6 +131,8 @@ def test_every_route_answers_errors_in_one_shape(client, app):
         "/services/<name>/generate": ("post", {"name": "nope"}, 404),
         "/results/<job_id>": ("delete", {"job_id": "nope"}, 404),
         "/results": ("get", {"?": "limit=zero"}, 400),
+        "/results/<job_id>/events": ("get", {"job_id": "nope"}, 404),
+        "/metrics": ("post", {}, 405),
         "/healthcheck": ("post", {}, 405),
         "/health": ("post", {}, 405),
         "/openapi.json": ("post", {}, 405),

@@ -13,7 +13,8 @@ from app.settings import Settings
 def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | None = None,
                store: JobStore | None = None) -> Flask:
     """Build the app: open the job store, load and watch the services folder, register routes."""
-    from app.web import auth, errors, health, openapi, results, services
+    from app import logs
+    from app.web import auth, errors, events, health, metrics, openapi, results, services
 
     settings = settings or Settings()
     app = Flask(__name__)
@@ -28,13 +29,15 @@ def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | 
         registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
     app.extensions["registry"] = registry
 
+    logs.init_app(app)         # before auth: a refused request gets a request id too
     errors.init_app(app)
     auth.init_app(app, settings)
+    events.init_app(app, settings)
     if settings.cors_origins:
         from flask_cors import CORS
         CORS(app, origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()])
     prefix = settings.swagger_prefix.rstrip("/") or None
-    for blueprint in (services.bp, results.bp, health.bp):
+    for blueprint in (services.bp, results.bp, events.bp, health.bp, metrics.bp):
         app.register_blueprint(blueprint, url_prefix=prefix)
     openapi.init_app(app, settings)
     logging.getLogger(__name__).debug("app created with %s", settings.public())

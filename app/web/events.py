@@ -1,0 +1,107 @@
+"""Live progress of a job as Server-Sent Events: GET /results/<id>/events.
+
+Each stream holds one Gunicorn worker thread while it polls SQLite (one small indexed read
+every POLL_S), so a worker serves at most `worker_threads - 1` streams: one thread is always
+left for other requests, and a stream over the cap gets 503 (clients then poll GET /results/<id>).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from flask import Blueprint, Response, current_app
+
+from app.jobs import FINISHED, JobStore
+from app.submissions import describe
+from app.web import context
+from app.web.errors import ApiError, error_response
+
+bp = Blueprint("events", __name__)
+
+POLL_S = 0.5          # how often a stream reads the job's state
+HEARTBEAT_S = 10.0    # a comment line this often keeps proxies (and us) aware the stream is alive
+RETRY_MS = 2000       # EventSource reconnects after this long; it then gets the current state
+
+
+@bp.get("/results/<job_id>/events")
+def job_events(job_id: str):
+    """Follow a job live: Server-Sent Events until it ends.
+    ---
+    tags: [results]
+    parameters:
+      - {name: job_id, in: path, required: true, schema: {type: string}}
+    responses:
+      200:
+        description: >
+          A stream of events. `progress` (data: jobId, status, progress, message) is sent at once and
+          whenever one of them changes; the last event is named after the final status: `complete`
+          (data: the result with `summarization` and `usage`), `failed` (data: the result with `error`)
+          or `cancelled`; `error` (data: the error shape) if the job is deleted meanwhile. A comment
+          line `: heartbeat` is sent every 10 s of silence.
+        content:
+          text/event-stream:
+            schema: {type: string, description: 'Lines such as "event: progress" then "data: {...}" and a blank line'}
+      404:
+        description: No such job.
+        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
+      503:
+        description: This worker already serves as many streams as it may; poll GET /results/{job_id}.
+        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
+    """
+    store = context.store()
+    if store.get_state(job_id) is None:
+        raise ApiError(404, f"No job with id '{job_id}'.")
+    slots = current_app.extensions["event_streams"]
+    if not slots.acquire(blocking=False):
+        response = error_response(503, "Too many event streams on this worker; poll GET /results/<id> instead.")
+        response.headers["Retry-After"] = "5"
+        return response
+    serving = current_app.extensions.get("serving", lambda: True)    # set under Gunicorn (app/server.py)
+    response = Response(follow(store, job_id, serving), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # Called when the server closes the response: at the end, or when the client went away.
+    response.call_on_close(slots.release)
+    return response
+
+
+def init_app(app, settings) -> None:
+    """Cap this worker's streams, leaving one thread for other requests."""
+    app.extensions["event_streams"] = threading.BoundedSemaphore(max(1, settings.worker_threads - 1))
+
+
+def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: True) -> Iterator[str]:
+    """The event stream of one job: progress when it changes, heartbeats, then the final event.
+
+    It also ends, without a final event, when `serving()` turns false (the worker is stopping).
+    """
+    yield f"retry: {RETRY_MS}\n\n"
+    last = None
+    last_sent = time.monotonic()
+    while serving():
+        state = store.get_state(job_id)
+        if state is None:
+            yield sse("error", {"error": "not_found", "message": f"The job '{job_id}' was deleted.", "status": 404})
+            return
+        status, progress, message = state
+        if status in FINISHED:
+            job = store.get(job_id)
+            if job is not None:
+                yield sse(status, describe(job))
+                return
+            continue                                  # deleted in between: the next read says so
+        now = time.monotonic()
+        if state != last:
+            yield sse("progress", {"jobId": job_id, "status": status, "progress": progress, "message": message})
+            last, last_sent = state, now
+        elif now - last_sent >= HEARTBEAT_S:
+            # A write is also how a stream learns its client left: it fails, and the thread is freed.
+            yield ": heartbeat\n\n"
+            last_sent = now
+        time.sleep(POLL_S)
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One Server-Sent Event (the JSON is on one line, so one data field)."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
