@@ -56,7 +56,7 @@ def run(engine: FakeEngine, turns, *, fields=2, flavor=None, **kwargs):
     """summarize() with the test defaults: a fresh client, word tokens, no backoff sleep."""
     options = dict(template=TEMPLATE_2 if fields == 2 else TEMPLATE_1, fields=fields,
                    flavor=flavor or make_flavor(), tokenizer=WordTokenizer(),
-                   engine=get_engine(engine.base_url, "sk-secret-123", 5.0, 8),
+                   engine=get_engine(engine.base_url, "sk-secret-123", 30.0, 8),  # generous: CI machines are loaded
                    temperature=0.3, top_p=0.9, sleep=lambda seconds: None)
     options.update(kwargs)
     return summarize(turns, **options)
