@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from app.chunking import BudgetError
-from app.engine import EngineError, RetryPolicy, get_engine
+from app.engine import EngineError, RetryPolicy, TransientEngineError, get_engine
 from app.jobs import Job, JobStore
 from app.logs import job_context
 from app.manifests import ManifestError, read_template
@@ -119,10 +119,35 @@ class Runner:
             raise JobFailed(f"the service '{job.service}' no longer has a flavor '{job.flavor}'")
         # Templates are read at each job's start, so an edit applies to the next job.
         template = read_template(service.template_path, service.fields)
+        turns = parse_transcript(job.input_text, job.input_name)
+        try:
+            result = self._run_flavor(job, service, flavor, template, turns, job.checkpoint)
+        except TransientEngineError as exc:
+            # The retry budget is spent on an engine that does not answer: go on with the
+            # fallback flavor (another engine or model). Never for 4xx-class errors.
+            fallback = service.flavor(flavor.fallback_flavor) if flavor.fallback_flavor else None
+            if fallback is None:
+                raise
+            log.warning("runner: job %s: flavor %s unavailable (%s); continuing on %s", job.id, flavor.name, exc,
+                        fallback.name)
+            self.store.set_message(job.id, f"engine of flavor '{flavor.name}' unavailable; continuing on"
+                                           f" fallback flavor '{fallback.name}'")
+            latest = self.store.get(job.id)
+            result = self._run_flavor(job, service, fallback, template, turns, latest.checkpoint if latest else None)
+            spent = getattr(exc, "usage", None) or {}
+            for key in ("calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries"):
+                result.usage[key] = result.usage.get(key, 0) + spent.get(key, 0)
+            result.warnings.append(f"flavor '{flavor.name}' was unavailable ({exc}); the summary was produced by"
+                                   f" fallback flavor '{fallback.name}'")
+            flavor = fallback
+        result.usage["flavor"] = flavor.name
+        return result
+
+    def _run_flavor(self, job: Job, service, flavor, template: str, turns, checkpoint):
+        """Summarize the turns with one flavor: its engine, tokenizer, sampling and budgets."""
         reduce_template = None
         if flavor.reduce_summary and flavor.reduce_prompt:
             reduce_template = read_template(os.path.join(os.path.dirname(service.template_path), flavor.reduce_prompt), 1)
-        turns = parse_transcript(job.input_text, job.input_name)
         api_base = flavor.api_base or self.settings.api_base
         api_key = (os.environ.get(flavor.api_key_env) if flavor.api_key_env else None) or self.settings.api_key
         concurrency = flavor.max_concurrent_requests or self.settings.engine_concurrency
@@ -131,7 +156,7 @@ class Runner:
         return self.summarize_fn(
             turns, template=template, fields=service.fields, flavor=flavor, tokenizer=tokenizer, engine=engine,
             temperature=job.params.get("temperature", flavor.temperature), top_p=job.params.get("top_p", flavor.top_p),
-            reduce_template=reduce_template, checkpoint=job.checkpoint,
+            reduce_template=reduce_template, checkpoint=checkpoint,
             on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing"),
             on_message=lambda message: self.store.set_message(job.id, message),
             should_stop=lambda: self.stopping.is_set() or self.store.cancel_requested(job.id), concurrency=concurrency,

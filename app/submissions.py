@@ -83,4 +83,6 @@ def describe(job: Job) -> dict[str, Any]:
         body["error"] = job.error
     if job.usage is not None:
         body["usage"] = job.usage
+        if job.usage.get("flavor"):
+            body["producedBy"] = job.usage["flavor"]  # differs from `flavor` after a fallback
     return body

@@ -148,3 +148,40 @@ def test_kill_9_mid_job_resumes_from_the_last_batch(tmp_path):
         assert total <= 11  # every batch once, plus at most the one in flight at the kill
     finally:
         engine.stop()
+
+
+def test_fallback_flavor_takes_over_when_the_engine_stays_down(tmp_path, fake_engine):
+    """Flavor `main` points at an engine that is down; after its retries the job goes on with `backup`."""
+    folder = tmp_path / "fb"
+    folder.mkdir()
+    data = manifest(name="svc", fields=2, flavors=[
+        flavor("main", apiBase="http://127.0.0.1:9/v1", fallbackFlavor="backup", maxNewTurns=4),
+        flavor("backup", apiBase=fake_engine.base_url, modelName="backup-model", maxNewTurns=4),
+        flavor("nofallback", apiBase="http://127.0.0.1:9/v1"),
+        flavor("strict", apiBase=fake_engine.base_url, fallbackFlavor="backup"),
+    ])
+    write_service(str(folder), "svc", data)
+    settings = Settings(db_path=str(tmp_path / "fb.sqlite"), services_dir=str(folder), engine_retries=2,
+                        engine_retry_delay=0.01, api_base="http://127.0.0.1:9/v1")
+    store = JobStore(settings.db_path)
+    store.init_schema()
+    registry = ServiceRegistry(str(folder))
+    registry.reload()
+    runner = Runner(settings, store, registry)
+    try:
+        job = run_to_end(runner, store, store.create_job(service="svc", flavor="main", input_text=TEXT))
+        print("fallback:", job.status, job.usage, job.warnings)
+        assert job.status == "complete" and job.usage["flavor"] == "backup"
+        assert job.usage["retries"] == 2  # the main flavor's retries are counted too
+        assert any("fallback flavor 'backup'" in w for w in job.warnings)
+        assert {r["model"] for r in fake_engine.chat_requests()} == {"backup-model"}
+        assert len(job.result.splitlines()) == 24
+        failed = run_to_end(runner, store, store.create_job(service="svc", flavor="nofallback", input_text=TEXT))
+        assert failed.status == "failed" and "127.0.0.1:9" in failed.error
+        calls = len(fake_engine.chat_requests())
+        fake_engine.add_fault("404")  # a permanent (4xx) error never falls back
+        strict = run_to_end(runner, store, store.create_job(service="svc", flavor="strict", input_text=TEXT))
+        assert strict.status == "failed" and "does not know model" in strict.error
+        assert len(fake_engine.chat_requests()) == calls + 1
+    finally:
+        runner.shutdown(timeout=5)
