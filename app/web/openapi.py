@@ -1,14 +1,16 @@
-"""The OpenAPI spec (flasgger) and Swagger UI, with the live service names in the spec."""
+"""The OpenAPI spec (flasgger) and Swagger UI, with the live service and flavor names in the spec."""
 from __future__ import annotations
 
 import copy
 import logging
 import os
+from collections.abc import Mapping
 
 import yaml
 from flasgger import Swagger
 from flask import Flask, jsonify
 
+from app.manifests import Service
 from app.settings import Settings
 from app.web import context
 
@@ -24,6 +26,32 @@ def load_base_document(path: str) -> dict:
         return {"openapi": "3.0.3", "info": {"title": "LLM Gateway", "version": "1.0.0"}}
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle) or {}
+
+
+def add_live_names(spec: dict, services: Mapping[str, Service]) -> None:
+    """Put the loaded service and flavor names into the spec (enums, examples, descriptions).
+
+    `FlavorName` lists every flavor of every service (the spec cannot tie a flavor to the
+    path's service); its description says which flavors each service has.
+    """
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    names = sorted(services)
+    service_name = schemas.setdefault("ServiceName", {"type": "string"})
+    flavor_name = schemas["FlavorName"] = {
+        "type": "string",
+        "description": "The flavor to use (may be omitted when the service has only one).",
+    }
+    if names:
+        service_name["enum"] = names
+        service_name["example"] = names[0]
+        flavor_name["enum"] = sorted({f.name for s in services.values() for f in s.flavors})
+        flavor_name["example"] = services[names[0]].flavors[0].name
+        flavor_name["description"] += " Flavors by service: " + "; ".join(
+            f"`{name}`: {', '.join(f.name for f in services[name].flavors)}" for name in names) + "."
+    for form in ("GenerateForm", "GenerateJson"):
+        properties = schemas.get(form, {}).get("properties")
+        if properties is not None:
+            properties["flavor"] = {"$ref": "#/components/schemas/FlavorName"}
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -47,17 +75,15 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["swagger"] = swagger
 
     def live_spec():
-        """The spec, with the service names loaded right now."""
+        """The spec, with the services and flavors loaded right now."""
+        # get_apispecs caches the static part (outside debug mode); the live names are added
+        # to a copy on every request, so a manifest change shows at the next load of /docs.
         spec = copy.deepcopy(swagger.get_apispecs(SPEC_ENDPOINT))
         spec.pop("definitions", None)
         if prefix:
             # flasgger writes the prefixed rule; the prefix lives in `servers` instead.
             spec["paths"] = {path[len(prefix):] or "/": item for path, item in spec.get("paths", {}).items()}
-        names = sorted(context.registry().snapshot.services)
-        schema = spec.setdefault("components", {}).setdefault("schemas", {}).setdefault("ServiceName", {})
-        if names:
-            schema["enum"] = names
-            schema["example"] = names[0]
+        add_live_names(spec, context.registry().snapshot.services)
         return jsonify(spec)
 
     app.view_functions[f"flasgger.{SPEC_ENDPOINT}"] = live_spec
