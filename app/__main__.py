@@ -1,4 +1,4 @@
-"""Entry point: `python3 -m app [all|web|runner] [flags]` (see `python3 -m app --help`)."""
+"""Entry point: `python3 -m app [all|web|runner|worker] [flags]` (see `python3 -m app --help`)."""
 from __future__ import annotations
 
 import sys
@@ -14,7 +14,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"python3 -m app: error: {exc}", file=sys.stderr)
         return 2
+    if role == "worker" and not settings.broker_url:
+        print("python3 -m app: error: the worker needs BROKER_URL (--broker_url), e.g. redis://host:6379/0",
+              file=sys.stderr)
+        return 2
+    if role == "runner" and settings.broker_url:
+        print("python3 -m app: error: with BROKER_URL set, jobs run in `python3 -m app worker`, not in the runner",
+              file=sys.stderr)
+        return 2
     configure_logging(settings, role)
+    if role == "worker":
+        import os
+        from app.worker import run_worker
+        code = run_worker(settings)
+        # Job threads may still be inside an engine call; their jobs are back in the queue.
+        os._exit(code)
     if role == "web":
         from app.server import run_web
         run_web(settings)
@@ -25,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         run_runner(settings)
         # Job threads may still be inside an engine call; their jobs are back in the queue.
         os._exit(0)
-    from app.jobs import JobStore
+    from app.jobs import open_store
     from app.supervisor import supervise
-    JobStore(settings.db_path).init_schema()  # fail fast (bad path) before starting children
+    open_store(settings).init_schema()  # fail fast (bad path or URL) before starting children
     return supervise(settings)
 
 

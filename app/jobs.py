@@ -1,21 +1,37 @@
-"""The SQLite job store: the schema and every query of the gateway live here.
+"""The job store: the schema and every query of the gateway live here (SQLAlchemy Core, two dialects).
 
-One connection per thread (SQLite connections are not shared across threads), WAL mode so
-readers never block the writer, and a busy timeout so concurrent writers wait instead of
-failing with "database is locked". Claiming a job is one UPDATE ... RETURNING statement,
-so two runners can never take the same job.
+By default the store is one SQLite file (`--db_path`): WAL mode so readers never block the
+writer, a busy timeout so concurrent writers wait instead of failing with "database is
+locked", and every write transaction opened with BEGIN IMMEDIATE so a writer takes the write
+lock up front instead of failing half-way. With `RESULT_DB_URL=postgresql://…` the same
+tables and the same statements run on PostgreSQL, shared by every API node and worker.
+
+Claiming a job is one `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`
+statement (SQLite's single writer makes the same statement atomic without the lock clause),
+so two runners or workers never take the same job. A claim gives the job an `owner` token
+and a lease: whoever runs it renews `updated_at`, and a job left `processing` by a worker
+that died can be claimed again once its lease has run out; the late writes of a worker that
+lost its job are refused (every write made for an owner checks it still owns the job).
 """
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
+import socket
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
+
+from sqlalchemy import (BigInteger, bindparam, Column, Float, Identity, Index, Integer, MetaData, Table, Text, and_, case,
+                        create_engine, delete, event, func, inspect, insert, literal_column, or_, select, text,
+                        update)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import QueuePool
 
 
 class JobStatus(str, Enum):
@@ -29,37 +45,53 @@ class JobStatus(str, Enum):
 
 
 FINISHED = (JobStatus.COMPLETE.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+QUEUED, PROCESSING = JobStatus.QUEUED.value, JobStatus.PROCESSING.value
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id           TEXT PRIMARY KEY,
-    service      TEXT NOT NULL,
-    flavor       TEXT NOT NULL,
-    params       TEXT NOT NULL DEFAULT '{}',
-    input_text   TEXT NOT NULL,
-    input_name   TEXT,
-    status       TEXT NOT NULL,
-    progress     INTEGER NOT NULL DEFAULT 0,
-    message      TEXT NOT NULL DEFAULT '',
-    result       TEXT,
-    error        TEXT,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    checkpoint   TEXT,
-    usage        TEXT,
-    warnings     TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at   REAL NOT NULL,
-    started_at   REAL,
-    finished_at  REAL,
-    updated_at   REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
-CREATE TABLE IF NOT EXISTS heartbeats (
-    name TEXT PRIMARY KEY,
-    at   REAL NOT NULL,
-    info TEXT NOT NULL DEFAULT '{}'
-);
-"""
+# Columns added after the first release: an existing database gets them at init_schema().
+ADDED_COLUMNS = ("manifest", "template", "owner")
+
+
+def _tables(dialect: str) -> tuple[MetaData, Table, Table]:
+    """The schema, identical on both dialects but for the insertion-order column.
+
+    SQLite orders ties of `created_at` by its implicit `rowid`; PostgreSQL has no rowid, so
+    its table has an identity column `seq` for the same purpose.
+    """
+    metadata = MetaData()
+    columns = [
+        Column("id", Text, primary_key=True),
+        Column("service", Text, nullable=False),
+        Column("flavor", Text, nullable=False),
+        Column("params", Text, nullable=False, server_default=text("'{}'")),
+        Column("input_text", Text, nullable=False),
+        Column("input_name", Text),
+        Column("status", Text, nullable=False),
+        Column("progress", Integer, nullable=False, server_default=text("0")),
+        Column("message", Text, nullable=False, server_default=text("''")),
+        Column("result", Text),
+        Column("error", Text),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("checkpoint", Text),
+        Column("usage", Text),
+        Column("warnings", Text),
+        Column("cancel_requested", Integer, nullable=False, server_default=text("0")),
+        Column("created_at", Float, nullable=False),
+        Column("started_at", Float),
+        Column("finished_at", Float),
+        Column("updated_at", Float, nullable=False),
+        Column("manifest", Text),      # the service's manifest (JSON) when the job was accepted
+        Column("template", Text),      # its prompt template then
+        Column("owner", Text),         # who holds the job while processing: "host:pid:token"
+    ]
+    if dialect != "sqlite":
+        columns.append(Column("seq", BigInteger, Identity(), nullable=False))
+    jobs = Table("jobs", metadata, *columns)
+    Index("jobs_status_created", jobs.c.status, jobs.c.created_at)
+    heartbeats = Table("heartbeats", metadata,
+                       Column("name", Text, primary_key=True),
+                       Column("at", Float, nullable=False),
+                       Column("info", Text, nullable=False, server_default=text("'{}'")))
+    return metadata, jobs, heartbeats
 
 
 @dataclass(frozen=True)
@@ -86,154 +118,293 @@ class Job:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    manifest: dict[str, Any] | None = None
+    template: str | None = None
+    owner: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
-        """Build a Job from a `SELECT *` row."""
-        data = dict(row)
+    def from_row(cls, row: Any) -> "Job":
+        """Build a Job from a row of the jobs table (a SQLAlchemy Row or any mapping)."""
+        data = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
+        data.pop("seq", None)
         data["params"] = json.loads(data["params"] or "{}")
         data["checkpoint"] = json.loads(data["checkpoint"]) if data["checkpoint"] else None
         data["usage"] = json.loads(data["usage"]) if data["usage"] else None
         data["warnings"] = json.loads(data["warnings"]) if data["warnings"] else []
         data["cancel_requested"] = bool(data["cancel_requested"])
+        data["manifest"] = json.loads(data["manifest"]) if data.get("manifest") else None
         return cls(**data)
 
 
+def database_url(location: str) -> str:
+    """A SQLAlchemy URL for a SQLite path or a database URL (postgresql:// uses psycopg 3)."""
+    if "://" not in location:
+        return f"sqlite:///{location}"
+    for prefix in ("postgresql://", "postgres://"):
+        if location.startswith(prefix):
+            return "postgresql+psycopg://" + location[len(prefix):]
+    return location
+
+
+def redacted(location: str) -> str:
+    """The location with any password masked (for logs and /health)."""
+    if "://" not in location:
+        return location
+    try:
+        return make_url(location).render_as_string(hide_password=True)
+    except Exception:
+        return "***"
+
+
+def new_owner() -> str:
+    """A claim token that also says which process holds the job: host:pid:random."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _json_or_none(value: Any) -> str | None:
+    # default=str: a YAML manifest may hold values JSON has no type for (dates).
+    return json.dumps(value, default=str) if value is not None else None
+
+
 class JobStore:
-    """Every read and write of jobs, on one SQLite file."""
+    """Every read and write of jobs, on SQLite (a path) or PostgreSQL (a postgresql:// URL)."""
 
     def __init__(self, path: str, busy_timeout_s: float = 30.0):
-        self.path = path
+        self.path = path                         # the SQLite path, or the database URL
+        self.url = database_url(path)
         self.busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
+        self.dialect = make_url(self.url).get_backend_name()
+        self.metadata, self.jobs, self.heartbeats = _tables(self.dialect)
+        self._job_columns = [c for c in self.jobs.c if c.name != "seq"]
+        # Ties of created_at are ordered by insertion: rowid on SQLite, seq elsewhere.
+        self._insertion = literal_column("rowid") if self.is_sqlite else self.jobs.c.seq
+        self._next = self.jobs.alias("nxt")      # the claim's subquery (built once: aliases are costly)
+        # The hot reads, built once (pollers call them every half second).
+        j = self.jobs
+        self._select_job = select(*self._job_columns).where(j.c.id == bindparam("job_id"))
+        self._select_state = select(j.c.status, j.c.progress, j.c.message).where(j.c.id == bindparam("job_id"))
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded default (one machine)."""
+        return self.dialect == "sqlite"
+
+    @property
+    def shared(self) -> bool:
+        """True when several machines may use this store at once (anything but SQLite)."""
+        return not self.is_sqlite
+
+    def describe(self) -> str:
+        """Where the jobs are, password masked."""
+        return f"sqlite:{self.path}" if self.is_sqlite else redacted(self.path)
 
     # -- connection lifecycle -------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE) so a
-            # writer takes the write lock up front instead of failing half-way.
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-        return conn
+    def _get_engine(self) -> Engine:
+        # One engine (connection pool) per process: after a fork the child builds its own and
+        # leaves the parent's connections alone (closing them would break the parent's).
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    if self._engine is not None:
+                        self._engine.dispose(close=False)
+                    self._engine = self._make_engine()
+                    self._pid = os.getpid()
+        return self._engine
+
+    def _make_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(self.url, pool_size=4, max_overflow=16, pool_pre_ping=True, pool_recycle=1800)
+        engine = create_engine(self.url, poolclass=QueuePool, pool_size=8, max_overflow=-1,
+                               connect_args={"timeout": self.busy_timeout_s, "check_same_thread": False})
+        busy_ms = int(self.busy_timeout_s * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            # pysqlite's own transaction handling off: we open transactions ourselves below.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            # A writer takes the write lock up front (waiting up to the busy timeout) instead of
+            # failing half-way with "database is locked"; a reader takes a plain snapshot.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+        return engine
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close this process's connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed on success, rolled back on any error."""
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._get_engine().connect() as conn:
+            conn = conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._get_engine().connect() as conn:
+            with conn.begin():
+                yield conn
 
     def init_schema(self) -> None:
-        """Create the tables if they are missing."""
+        """Create the tables if they are missing, and add the columns a newer version needs."""
         with self.transaction() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            if not self.is_sqlite:
+                # Several API nodes and workers start at once: one creates, the others wait.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7291004)"))
+            self.metadata.create_all(conn, checkfirst=True)
+            present = {c["name"] for c in inspect(conn).get_columns("jobs")}
+            for name in ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} TEXT"))
 
     def ping(self) -> bool:
         """True when the database answers a query."""
         try:
-            self._connect().execute("SELECT 1").fetchone()
+            with self._reading() as conn:
+                conn.execute(select(1)).scalar()
             return True
-        except sqlite3.Error:
+        except SQLAlchemyError:
             return False
 
     # -- writes ---------------------------------------------------------------------
     def create_job(self, *, service: str, flavor: str, input_text: str, params: dict[str, Any] | None = None,
-                   input_name: str | None = None, now: float | None = None) -> str:
-        """Queue a new job and return its id."""
+                   input_name: str | None = None, now: float | None = None, manifest: dict[str, Any] | None = None,
+                   template: str | None = None) -> str:
+        """Queue a new job and return its id (with the manifest and template it was accepted with)."""
         now = time.time() if now is None else now
         job_id = str(uuid.uuid4())
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO jobs (id, service, flavor, params, input_text, input_name, status, message,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, service, flavor, json.dumps(params or {}), input_text, input_name,
-                 JobStatus.QUEUED.value, "queued", now, now))
+            conn.execute(insert(self.jobs).values(
+                id=job_id, service=service, flavor=flavor, params=json.dumps(params or {}), input_text=input_text,
+                input_name=input_name, status=QUEUED, message="queued", created_at=now, updated_at=now,
+                manifest=_json_or_none(manifest), template=template))
         return job_id
 
-    def claim_next(self, now: float | None = None) -> Job | None:
-        """Atomically take the oldest queued job and mark it processing, or return None."""
-        now = time.time() if now is None else now
+    def delete(self, job_id: str) -> bool:
+        """Remove a job whatever its state (e.g. one that could not be handed to the queue)."""
         with self.transaction() as conn:
-            row = conn.execute(
-                "UPDATE jobs SET status = ?, attempts = attempts + 1, message = 'processing',"
-                " started_at = COALESCE(started_at, ?), updated_at = ?"
-                " WHERE id = (SELECT id FROM jobs WHERE status = ? AND cancel_requested = 0"
-                "             ORDER BY created_at, rowid LIMIT 1)"
-                " RETURNING *",
-                (JobStatus.PROCESSING.value, now, now, JobStatus.QUEUED.value)).fetchone()
+            return conn.execute(delete(self.jobs).where(self.jobs.c.id == job_id)).rowcount > 0
+
+    def _claim_values(self, now: float, owner: str | None) -> dict[str, Any]:
+        j = self.jobs
+        return {"status": PROCESSING, "attempts": j.c.attempts + 1, "message": "processing",
+                "started_at": func.coalesce(j.c.started_at, now), "updated_at": now, "owner": owner or new_owner()}
+
+    def claim_next(self, now: float | None = None, lease_s: float | None = None, owner: str | None = None) -> Job | None:
+        """Atomically take the oldest claimable job and mark it processing, or return None.
+
+        Claimable: queued; or, when `lease_s` is given, processing with no sign of life from
+        its holder for `lease_s` seconds (it died).
+        """
+        now = time.time() if now is None else now
+        nxt = self._next
+        claimable = nxt.c.status == QUEUED
+        if lease_s is not None:
+            claimable = or_(claimable, and_(nxt.c.status == PROCESSING, nxt.c.updated_at < now - lease_s))
+        order = literal_column("nxt.rowid") if self.is_sqlite else nxt.c.seq
+        oldest = (select(nxt.c.id).where(claimable, nxt.c.cancel_requested == 0)
+                  .order_by(nxt.c.created_at, order).limit(1)
+                  .with_for_update(skip_locked=True).scalar_subquery())
+        with self.transaction() as conn:
+            row = conn.execute(update(self.jobs).where(self.jobs.c.id == oldest)
+                               .values(**self._claim_values(now, owner)).returning(*self._job_columns)).first()
         return Job.from_row(row) if row else None
 
-    def save_progress(self, job_id: str, progress: int, checkpoint: dict[str, Any] | None = None,
-                      message: str | None = None, now: float | None = None) -> None:
-        """Record a running job's progress (never lowered) and its resume point."""
+    def claim(self, job_id: str, lease_s: float, now: float | None = None, owner: str | None = None) -> Job | None:
+        """Atomically take one job by id: if queued, or processing with a lease run out; else None."""
         now = time.time() if now is None else now
+        j = self.jobs
         with self.transaction() as conn:
-            conn.execute(
-                "UPDATE jobs SET progress = MAX(progress, ?), checkpoint = COALESCE(?, checkpoint),"
-                " message = COALESCE(?, message), updated_at = ? WHERE id = ? AND status = ?",
-                (int(progress), json.dumps(checkpoint) if checkpoint is not None else None, message, now,
-                 job_id, JobStatus.PROCESSING.value))
+            row = conn.execute(update(j).where(
+                j.c.id == job_id, j.c.cancel_requested == 0,
+                or_(j.c.status == QUEUED, and_(j.c.status == PROCESSING, j.c.updated_at < now - lease_s)))
+                .values(**self._claim_values(now, owner)).returning(*self._job_columns)).first()
+        return Job.from_row(row) if row else None
 
-    def set_message(self, job_id: str, message: str, now: float | None = None) -> None:
+    def _mine(self, job_id: str, owner: str | None):
+        """The WHERE clause of a write by a job's holder: still processing, and still its own."""
+        j = self.jobs
+        clause = and_(j.c.id == job_id, j.c.status == PROCESSING)
+        return and_(clause, j.c.owner == owner) if owner is not None else clause
+
+    def renew(self, job_ids: Mapping[str, str | None] | Iterable[str], now: float | None = None) -> int:
+        """Renew the lease of running jobs (job id → owner); return how many are still held."""
+        now = time.time() if now is None else now
+        owners = job_ids if isinstance(job_ids, Mapping) else {job_id: None for job_id in job_ids}
+        held = 0
+        with self.transaction() as conn:
+            for job_id, owner in owners.items():
+                held += conn.execute(update(self.jobs).where(self._mine(job_id, owner))
+                                     .values(updated_at=now)).rowcount
+        return held
+
+    def save_progress(self, job_id: str, progress: int, checkpoint: dict[str, Any] | None = None,
+                      message: str | None = None, now: float | None = None, owner: str | None = None) -> bool:
+        """Record a running job's progress (never lowered) and its resume point; False if not held."""
+        now = time.time() if now is None else now
+        j = self.jobs
+        progress = int(progress)
+        values: dict[str, Any] = {"progress": case((j.c.progress < progress, progress), else_=j.c.progress),
+                                  "updated_at": now}
+        if checkpoint is not None:
+            values["checkpoint"] = json.dumps(checkpoint)
+        if message is not None:
+            values["message"] = message
+        with self.transaction() as conn:
+            return conn.execute(update(j).where(self._mine(job_id, owner)).values(**values)).rowcount > 0
+
+    def set_message(self, job_id: str, message: str, now: float | None = None, owner: str | None = None) -> bool:
         """Update a running job's message (e.g. retries)."""
-        self.save_progress(job_id, 0, None, message, now)
+        return self.save_progress(job_id, 0, None, message, now, owner)
 
     def complete(self, job_id: str, result: str, usage: dict[str, Any], warnings: list[str] | None = None,
-                 now: float | None = None) -> None:
-        """Mark a processing job complete with its summary."""
+                 now: float | None = None, owner: str | None = None) -> bool:
+        """Mark a processing job complete with its summary; False if it was not (or no longer) held."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
-            conn.execute(
-                "UPDATE jobs SET status = ?, progress = 100, result = ?, usage = ?, warnings = ?, error = NULL,"
-                " message = 'complete', finished_at = ?, updated_at = ? WHERE id = ? AND status = ?",
-                (JobStatus.COMPLETE.value, result, json.dumps(usage), json.dumps(warnings or []), now, now, job_id,
-                 JobStatus.PROCESSING.value))
+            return conn.execute(update(self.jobs).where(self._mine(job_id, owner)).values(
+                status=JobStatus.COMPLETE.value, progress=100, result=result, usage=json.dumps(usage),
+                warnings=json.dumps(warnings or []), error=None, message="complete", finished_at=now,
+                updated_at=now)).rowcount > 0
 
-    def fail(self, job_id: str, error: str, usage: dict[str, Any] | None = None, now: float | None = None) -> None:
+    def fail(self, job_id: str, error: str, usage: dict[str, Any] | None = None, now: float | None = None,
+             owner: str | None = None) -> bool:
         """Mark a processing job failed with a message for the user."""
         now = time.time() if now is None else now
+        j = self.jobs
         with self.transaction() as conn:
-            conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, usage = COALESCE(?, usage), message = 'failed',"
-                " finished_at = ?, updated_at = ? WHERE id = ? AND status = ?",
-                (JobStatus.FAILED.value, error, json.dumps(usage) if usage is not None else None, now, now, job_id,
-                 JobStatus.PROCESSING.value))
+            return conn.execute(update(j).where(self._mine(job_id, owner)).values(
+                status=JobStatus.FAILED.value, error=error, message="failed", finished_at=now, updated_at=now,
+                usage=func.coalesce(_json_or_none(usage), j.c.usage))).rowcount > 0
 
-    def requeue(self, job_id: str, message: str = "queued again", now: float | None = None) -> None:
+    def requeue(self, job_id: str, message: str = "queued again", now: float | None = None,
+                owner: str | None = None) -> bool:
         """Put a processing job back in the queue; its checkpoint is kept for resuming."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
-            conn.execute("UPDATE jobs SET status = ?, message = ?, updated_at = ? WHERE id = ? AND status = ?",
-                         (JobStatus.QUEUED.value, message, now, job_id, JobStatus.PROCESSING.value))
+            return conn.execute(update(self.jobs).where(self._mine(job_id, owner)).values(
+                status=QUEUED, message=message, updated_at=now, owner=None)).rowcount > 0
 
     def requeue_processing(self, now: float | None = None) -> int:
         """Re-queue every job left processing (by a runner that died); return how many."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE jobs SET status = ?, message = 'queued again after a restart', updated_at = ?"
-                " WHERE status = ?", (JobStatus.QUEUED.value, now, JobStatus.PROCESSING.value))
-            return cursor.rowcount
+            return conn.execute(update(self.jobs).where(self.jobs.c.status == PROCESSING).values(
+                status=QUEUED, message="queued again after a restart", updated_at=now, owner=None)).rowcount
 
     def cancel(self, job_id: str, now: float | None = None) -> str | None:
         """Cancel a queued job at once, ask a processing one to stop, delete a finished one.
@@ -241,86 +412,111 @@ class JobStore:
         Returns what was done: "cancelled", "cancelling", "deleted", or None for an unknown id.
         """
         now = time.time() if now is None else now
+        j = self.jobs
         with self.transaction() as conn:
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
+            # FOR UPDATE: on PostgreSQL the row stays as read until this transaction ends.
+            status = conn.execute(select(j.c.status).where(j.c.id == job_id).with_for_update()).scalar()
+            if status is None:
                 return None
-            if row["status"] == JobStatus.QUEUED.value:
-                conn.execute("UPDATE jobs SET status = ?, message = 'cancelled', finished_at = ?, updated_at = ?"
-                             " WHERE id = ?", (JobStatus.CANCELLED.value, now, now, job_id))
+            if status == QUEUED:
+                conn.execute(update(j).where(j.c.id == job_id).values(
+                    status=JobStatus.CANCELLED.value, message="cancelled", finished_at=now, updated_at=now))
                 return "cancelled"
-            if row["status"] == JobStatus.PROCESSING.value:
-                conn.execute("UPDATE jobs SET cancel_requested = 1, message = 'cancelling: stops before its next batch',"
-                             " updated_at = ? WHERE id = ?", (now, job_id))
+            if status == PROCESSING:
+                # updated_at is the holder's lease: asking to stop does not renew it.
+                conn.execute(update(j).where(j.c.id == job_id).values(
+                    cancel_requested=1, message="cancelling: stops before its next batch"))
                 return "cancelling"
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            conn.execute(delete(j).where(j.c.id == job_id))
             return "deleted"
 
-    def mark_cancelled(self, job_id: str, now: float | None = None) -> None:
+    def mark_cancelled(self, job_id: str, now: float | None = None, owner: str | None = None) -> bool:
         """A processing job stopped on request: it ends cancelled."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
-            conn.execute("UPDATE jobs SET status = ?, message = 'cancelled', finished_at = ?, updated_at = ?"
-                         " WHERE id = ? AND status = ?",
-                         (JobStatus.CANCELLED.value, now, now, job_id, JobStatus.PROCESSING.value))
+            return conn.execute(update(self.jobs).where(self._mine(job_id, owner)).values(
+                status=JobStatus.CANCELLED.value, message="cancelled", finished_at=now,
+                updated_at=now)).rowcount > 0
 
     def purge_finished(self, older_than_s: float, now: float | None = None) -> int:
         """Delete finished jobs that ended more than `older_than_s` seconds ago; return how many."""
         now = time.time() if now is None else now
+        j = self.jobs
         with self.transaction() as conn:
-            cursor = conn.execute(f"DELETE FROM jobs WHERE status IN ({','.join('?' * len(FINISHED))})"
-                                  " AND finished_at < ?", (*FINISHED, now - older_than_s))
-            return cursor.rowcount
+            return conn.execute(delete(j).where(j.c.status.in_(FINISHED),
+                                                j.c.finished_at < now - older_than_s)).rowcount
 
     def beat(self, name: str, info: dict[str, Any] | None = None, now: float | None = None) -> None:
         """Record that a background process (e.g. the runner) is alive."""
         now = time.time() if now is None else now
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        statement = upsert(self.heartbeats).values(name=name, at=now, info=json.dumps(info or {}))
+        statement = statement.on_conflict_do_update(index_elements=["name"],
+                                                    set_={"at": statement.excluded.at, "info": statement.excluded.info})
         with self.transaction() as conn:
-            conn.execute("INSERT INTO heartbeats (name, at, info) VALUES (?, ?, ?)"
-                         " ON CONFLICT(name) DO UPDATE SET at = excluded.at, info = excluded.info",
-                         (name, now, json.dumps(info or {})))
+            conn.execute(statement)
 
     # -- reads ----------------------------------------------------------------------
     def last_beat(self, name: str) -> tuple[float, dict[str, Any]] | None:
         """When a background process last said it was alive, and what it said."""
-        row = self._connect().execute("SELECT at, info FROM heartbeats WHERE name = ?", (name,)).fetchone()
-        return (row["at"], json.loads(row["info"])) if row else None
+        h = self.heartbeats
+        with self._reading() as conn:
+            row = conn.execute(select(h.c.at, h.c.info).where(h.c.name == name)).first()
+        return (row.at, json.loads(row.info)) if row else None
 
     def get(self, job_id: str) -> Job | None:
         """One job, or None."""
-        row = self._connect().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute(self._select_job, {"job_id": job_id}).first()
         return Job.from_row(row) if row else None
 
     def get_state(self, job_id: str) -> tuple[str, int, str] | None:
         """A job's (status, progress, message), or None: cheap enough to poll (no input, no result)."""
-        row = self._connect().execute("SELECT status, progress, message FROM jobs WHERE id = ?",
-                                      (job_id,)).fetchone()
-        return (row["status"], row["progress"], row["message"]) if row else None
+        with self._reading() as conn:
+            row = conn.execute(self._select_state, {"job_id": job_id}).first()
+        return (row.status, row.progress, row.message) if row else None
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked to cancel this job."""
-        row = self._connect().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row["cancel_requested"])
+        j = self.jobs
+        with self._reading() as conn:
+            return bool(conn.execute(select(j.c.cancel_requested).where(j.c.id == job_id)).scalar())
+
+    def holds(self, job_id: str, owner: str | None) -> bool:
+        """Whether the job is still processing under this owner (False once another worker took it over)."""
+        with self._reading() as conn:
+            return conn.execute(select(self.jobs.c.id).where(self._mine(job_id, owner))).first() is not None
 
     def list_jobs(self, status: str | None = None, service: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[list[Job], int]:
         """Jobs newest first, filtered by status and service; and how many match in all."""
-        where, args = [], []
+        j = self.jobs
+        where = []
         if status:
-            where.append("status = ?")
-            args.append(status)
+            where.append(j.c.status == status)
         if service:
-            where.append("service = ?")
-            args.append(service)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        conn = self._connect()
-        total = conn.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
+            where.append(j.c.service == service)
         # The input text can be megabytes; a listing does not need it.
-        rows = conn.execute(f"SELECT *, '' AS input_text FROM jobs{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                            (*args, limit, offset)).fetchall()
+        columns = [c if c.name != "input_text" else literal_column("''").label("input_text")
+                   for c in self._job_columns]
+        with self._reading() as conn:
+            total = conn.execute(select(func.count()).select_from(j).where(*where)).scalar()
+            rows = conn.execute(select(*columns).where(*where)
+                                .order_by(j.c.created_at.desc(), self._insertion.desc())
+                                .limit(limit).offset(offset)).all()
         return [Job.from_row(row) for row in rows], total
 
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""
-        rows = self._connect().execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        return {row["status"]: row["n"] for row in rows}
+        j = self.jobs
+        with self._reading() as conn:
+            rows = conn.execute(select(j.c.status, func.count().label("n")).group_by(j.c.status)).all()
+        return {row.status: row.n for row in rows}
+
+
+def open_store(settings: Any) -> JobStore:
+    """The store the settings name: RESULT_DB_URL if set, else the SQLite file at --db_path."""
+    return JobStore(settings.result_db_url or settings.db_path)

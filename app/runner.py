@@ -16,7 +16,7 @@ from typing import Callable
 
 from app.chunking import BudgetError
 from app.engine import EngineError, RetryPolicy, TransientEngineError, get_engine
-from app.jobs import Job, JobStore
+from app.jobs import Job, JobStore, open_store
 from app.logs import job_context
 from app.manifests import ManifestError, read_template
 from app.registry import ServiceRegistry
@@ -47,8 +47,11 @@ class Runner:
         self.stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="job")
         self._running: dict[str, Future] = {}
+        self._owners: dict[str, str | None] = {}
         self._last_beat = 0.0
+        self._last_renew = 0.0
         self._last_purge = 0.0
+        self.beat_info: dict[str, object] = {}     # added to the heartbeat (a worker says what it is)
 
     @property
     def running(self) -> int:
@@ -56,31 +59,47 @@ class Runner:
         return len(self._running)
 
     def recover(self) -> int:
-        """At start-up, put back in the queue the jobs a previous runner left processing."""
+        """At start-up, put back in the queue the jobs a previous runner left processing.
+
+        Only on the embedded SQLite store (one machine, one runner). On a shared store other
+        machines may be running jobs: a dead runner's jobs are taken over once their lease runs out.
+        """
+        if self.store.shared:
+            return 0
         count = self.store.requeue_processing()
         if count:
             log.warning("runner: %d job(s) left processing by a previous run were queued again", count)
         return count
 
-    def tick(self, now: float | None = None) -> int:
-        """Beat, forget finished jobs, claim queued jobs into free slots; return how many were started."""
-        now = time.time() if now is None else now
+    def housekeep(self, held: dict[str, str | None], now: float) -> None:
+        """Beat, renew the leases of the jobs running here (job id → owner), purge old finished jobs."""
         if now - self._last_beat >= BEAT_EVERY_S:
-            self.store.beat("runner", {"pid": os.getpid(), "running": self.running}, now=now)
+            self.store.beat("runner", {"pid": os.getpid(), "running": len(held), **self.beat_info}, now=now)
             self._last_beat = now
+        if held and now - self._last_renew >= self.settings.job_lease / 4:
+            self.store.renew(held, now=now)
+            self._last_renew = now
         if self.settings.result_ttl_days > 0 and now - self._last_purge >= PURGE_EVERY_S:
             purged = self.store.purge_finished(self.settings.result_ttl_days * 86400, now=now)
             self._last_purge = now
             if purged:
                 log.info("runner: %d finished job(s) older than %g days deleted", purged, self.settings.result_ttl_days)
+
+    def tick(self, now: float | None = None) -> int:
+        """Beat, forget finished jobs, claim queued jobs into free slots; return how many were started."""
+        now = time.time() if now is None else now
         self._running = {job_id: f for job_id, f in self._running.items() if not f.done()}
+        self._owners = {job_id: self._owners.get(job_id) for job_id in self._running}
+        self.housekeep(self._owners, now)
         started = 0
         while not self.stopping.is_set() and self.running < self.settings.max_concurrent_jobs:
-            job = self.store.claim_next(now=now)
+            # A job whose holder went silent for a lease (a runner that died elsewhere) is claimable too.
+            job = self.store.claim_next(now=now, lease_s=self.settings.job_lease)
             if job is None:
                 break
             with job_context(job.id):
                 log.info("runner: job %s claimed (%s/%s, attempt %d)", job.id, job.service, job.flavor, job.attempts)
+            self._owners[job.id] = job.owner
             self._running[job.id] = self._pool.submit(self.run_job, job)
             started += 1
         return started
@@ -91,24 +110,33 @@ class Runner:
             self._run_job(job)
 
     def _run_job(self, job: Job) -> None:
+        # Every write names the job's owner: if another worker took the job over (this one
+        # went silent past its lease), the store refuses the writes and this run just ends.
+        owner = job.owner
         try:
             result = self._summarize(job)
         except JobInterrupted:
             if self.store.cancel_requested(job.id):
-                self.store.mark_cancelled(job.id)
+                self.store.mark_cancelled(job.id, owner=owner)
                 log.info("runner: job %s cancelled", job.id)
+            elif not self.store.holds(job.id, owner):
+                log.warning("runner: job %s was taken over by another worker; this run stops", job.id)
             else:
-                self.store.requeue(job.id, "interrupted by a shutdown; it will resume where it stopped")
+                self.store.requeue(job.id, "interrupted by a shutdown; it will resume where it stopped", owner=owner)
                 log.info("runner: job %s interrupted; queued again", job.id)
         except (JobFailed, EngineError, TranscriptError, ManifestError, BudgetError) as exc:
-            self.store.fail(job.id, str(exc), getattr(exc, "usage", None))
-            log.warning("runner: job %s failed: %s", job.id, exc)
+            if self.store.fail(job.id, str(exc), getattr(exc, "usage", None), owner=owner):
+                log.warning("runner: job %s failed: %s", job.id, exc)
+            else:
+                log.warning("runner: job %s failed here (%s) but is no longer held by this run", job.id, exc)
         except Exception as exc:  # a bug in one job must not stop the runner
             log.exception("runner: job %s failed unexpectedly", job.id)
-            self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
+            self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}", owner=owner)
         else:
-            self.store.complete(job.id, result.text, result.usage, result.warnings)
-            log.info("runner: job %s complete (%s)", job.id, result.usage)
+            if self.store.complete(job.id, result.text, result.usage, result.warnings, owner=owner):
+                log.info("runner: job %s complete (%s)", job.id, result.usage)
+            else:
+                log.warning("runner: job %s finished here but is no longer held by this run; result dropped", job.id)
 
     def _summarize(self, job: Job):
         service = self.registry.get(job.service)
@@ -131,7 +159,7 @@ class Runner:
             log.warning("runner: job %s: flavor %s unavailable (%s); continuing on %s", job.id, flavor.name, exc,
                         fallback.name)
             self.store.set_message(job.id, f"engine of flavor '{flavor.name}' unavailable; continuing on"
-                                           f" fallback flavor '{fallback.name}'")
+                                           f" fallback flavor '{fallback.name}'", owner=job.owner)
             latest = self.store.get(job.id)
             result = self._run_flavor(job, service, fallback, template, turns, latest.checkpoint if latest else None)
             spent = getattr(exc, "usage", None) or {}
@@ -157,11 +185,17 @@ class Runner:
             turns, template=template, fields=service.fields, flavor=flavor, tokenizer=tokenizer, engine=engine,
             temperature=job.params.get("temperature", flavor.temperature), top_p=job.params.get("top_p", flavor.top_p),
             reduce_template=reduce_template, checkpoint=checkpoint,
-            on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing"),
-            on_message=lambda message: self.store.set_message(job.id, message),
-            should_stop=lambda: self.stopping.is_set() or self.store.cancel_requested(job.id), concurrency=concurrency,
+            on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing",
+                                                                           owner=job.owner),
+            on_message=lambda message: self.store.set_message(job.id, message, owner=job.owner),
+            should_stop=lambda: self._should_stop(job), concurrency=concurrency,
             retry_policy=RetryPolicy(max_retries=self.settings.engine_retries,
                                      base_delay=self.settings.engine_retry_delay))
+
+    def _should_stop(self, job: Job) -> bool:
+        """Checked between batches: a shutdown, a cancel, or the job taken over elsewhere."""
+        return (self.stopping.is_set() or self.store.cancel_requested(job.id)
+                or not self.store.holds(job.id, job.owner))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop claiming, let running jobs reach their next checkpoint, re-queue what is left."""
@@ -174,13 +208,14 @@ class Runner:
                 pass
         for job_id, future in self._running.items():
             if not future.done():
-                self.store.requeue(job_id, "interrupted by a shutdown; it will resume where it stopped")
+                self.store.requeue(job_id, "interrupted by a shutdown; it will resume where it stopped",
+                                   owner=self._owners.get(job_id))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_runner(settings: Settings, poll_interval: float = 0.2) -> None:
     """The runner process: recover, then tick until SIGTERM/SIGINT."""
-    store = JobStore(settings.db_path)
+    store = open_store(settings)
     store.init_schema()
     registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
     runner = Runner(settings, store, registry)

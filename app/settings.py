@@ -48,15 +48,23 @@ class Settings:
     reload_debounce: float = _setting("--reload_debounce", "RELOAD_DEBOUNCE", 0.3, "Seconds of quiet before the services folder is reloaded.", float)
     worker_threads: int = _setting("--worker_threads", "WORKER_THREADS", 8, "Threads per Gunicorn worker: requests served at once; each open event stream holds one.", int)
     log_format: str = _setting("--log_format", "LOG_FORMAT", "text", "Log line format: text or json (one JSON object per line).")
+    result_db_url: str = _setting("--result_db_url", "RESULT_DB_URL", "", "Job store URL, e.g. postgresql://user:pass@host/db, shared by every node (empty: SQLite at --db_path).")
+    broker_url: str = _setting("--broker_url", "BROKER_URL", "", "Celery broker, e.g. redis://host:6379/0: jobs go to `python3 -m app worker` processes instead of the local runner.")
+    visibility_timeout: int = _setting("--visibility_timeout", "VISIBILITY_TIMEOUT", 300, "Seconds before the broker hands a job nobody acknowledged (its worker died) to another worker.", int)
+    job_lease: int = _setting("--job_lease", "JOB_LEASE", 60, "Seconds without a sign of life from its worker after which a processing job may be taken over.", int)
 
     def __post_init__(self) -> None:
         for name, low in (("service_port", 0), ("workers", 1), ("timeout", 1), ("max_concurrent_jobs", 1),
                           ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("max_upload_mb", 1),
-                          ("worker_threads", 1)):
+                          ("worker_threads", 1), ("visibility_timeout", 2), ("job_lease", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.job_lease >= self.visibility_timeout:
+            # A job seen running elsewhere is looked at again after one lease, by a delayed
+            # message; the broker must not deliver that message twice meanwhile.
+            raise ValueError("job_lease must be shorter than visibility_timeout")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some settings changed."""
@@ -67,6 +75,9 @@ class Settings:
         values = dataclasses.asdict(self)
         values["api_key"] = "***"
         values["api_keys"] = "***" if self.api_keys else ""
+        from app.jobs import redacted
+        for name in ("result_db_url", "broker_url"):
+            values[name] = redacted(values[name]) if values[name] else ""
         return values
 
 
@@ -96,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LLM Gateway: queue transcripts, summarize them through an OpenAI-compatible engine.",
         epilog="Each flag can also be set by the environment variable named in brackets; a flag beats its variable.",
     )
-    parser.add_argument("role", nargs="?", default="all", choices=("all", "web", "runner"),
-                        help="all (default): web server and job runner, supervised; web or runner: one of them alone.")
+    parser.add_argument("role", nargs="?", default="all", choices=("all", "web", "runner", "worker"),
+                        help="all (default): web server and job runner, supervised (web only when BROKER_URL is set);"
+                             " web or runner: one of them alone; worker: a Celery worker running jobs from BROKER_URL.")
     for f in setting_fields():
         meta = f.metadata
         env = f" [{meta['env']}]" if meta["env"] else ""

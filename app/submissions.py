@@ -1,11 +1,15 @@
 """Accepting a transcript for a service: validate everything, then queue one job."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from app.jobs import Job, JobStore
+from app.manifests import ManifestError, read_template
 from app.registry import ServiceRegistry
 from app.transcript import TranscriptError, parse_transcript
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(LookupError):
@@ -14,6 +18,10 @@ class NotFound(LookupError):
 
 class InvalidSubmission(ValueError):
     """The submission cannot be processed; the message says why."""
+
+
+class QueueUnavailable(RuntimeError):
+    """The job could not be handed to the workers' queue (the broker does not answer); nothing was kept."""
 
 
 def _check_range(name: str, value: float | None, low: float, high: float, low_open: bool = False) -> None:
@@ -26,8 +34,13 @@ def _check_range(name: str, value: float | None, low: float, high: float, low_op
 
 def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, content: bytes | str,
            filename: str | None = None, flavor: str | None = None, temperature: float | None = None,
-           top_p: float | None = None) -> str:
-    """Validate a submission against the live services and queue it; return the job id."""
+           top_p: float | None = None, queue: Any = None) -> str:
+    """Validate a submission against the live services, store it, hand it to `queue` if any; return the job id.
+
+    Without a queue the local runner claims the stored job. With one (BROKER_URL), the job is
+    sent to the Celery workers once stored; if the broker does not answer, the stored job is
+    removed again and QueueUnavailable is raised, so a client never holds an id nobody will run.
+    """
     service = registry.get(service_name)
     if service is None:
         raise NotFound(f"No service called '{service_name}'. Known services: "
@@ -52,8 +65,21 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
         params["temperature"] = temperature
     if top_p is not None:
         params["top_p"] = top_p
-    return store.create_job(service=service.name, flavor=chosen.name, input_text=text, params=params,
-                            input_name=filename)
+    try:  # recorded with the job: what it was accepted with, whatever happens to the folder later
+        template = read_template(service.template_path, service.fields)
+    except ManifestError:
+        template = None
+    job_id = store.create_job(service=service.name, flavor=chosen.name, input_text=text, params=params,
+                              input_name=filename, manifest=service.raw, template=template)
+    if queue is not None:
+        try:
+            queue.enqueue(job_id)
+        except Exception as exc:
+            log.error("submissions: job %s could not be queued (%s: %s); it was not kept", job_id,
+                      type(exc).__name__, exc)
+            store.delete(job_id)
+            raise QueueUnavailable("The job queue is unavailable; nothing was queued. Try again shortly.") from None
+    return job_id
 
 
 def _decoded(content: bytes, filename: str | None) -> str:

@@ -3,7 +3,8 @@
 The runner is its own process (not threads in the Gunicorn master before the fork), so a
 worker restart never touches running jobs. If the runner dies it is started again; if the
 web server dies, everything stops. SIGTERM/SIGINT stop both children cleanly: the runner
-puts an interrupted job back in the queue with its checkpoint.
+puts an interrupted job back in the queue with its checkpoint. With BROKER_URL set there is
+no runner: jobs go to the Celery workers (`python3 -m app worker`), so only the web part runs.
 """
 from __future__ import annotations
 
@@ -67,16 +68,23 @@ def supervise(settings: Settings, poll_interval: float = 0.5) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     metrics_dir, made = prepare_metrics_dir()
-    children = {"runner": start_child("runner", settings, metrics_dir), "web": start_child("web", settings, metrics_dir)}
-    log.info("supervisor: web (pid %d) on %s:%d, runner (pid %d)", children["web"].pid, settings.host,
-             settings.service_port, children["runner"].pid)
+    children = {}
+    if not settings.broker_url:
+        children["runner"] = start_child("runner", settings, metrics_dir)
+    children["web"] = start_child("web", settings, metrics_dir)
+    if "runner" in children:
+        log.info("supervisor: web (pid %d) on %s:%d, runner (pid %d)", children["web"].pid, settings.host,
+                 settings.service_port, children["runner"].pid)
+    else:
+        log.info("supervisor: web (pid %d) on %s:%d; jobs go to the Celery workers (BROKER_URL), no local runner",
+                 children["web"].pid, settings.host, settings.service_port)
     code = 0
     while not stop.is_set():
         if children["web"].poll() is not None:
             log.error("supervisor: the web server exited (code %s); stopping", children["web"].returncode)
             code = 1
             break
-        if children["runner"].poll() is not None:
+        if "runner" in children and children["runner"].poll() is not None:
             log.error("supervisor: the runner exited (code %s); starting it again", children["runner"].returncode)
             time.sleep(1.0)
             children["runner"] = start_child("runner", settings, metrics_dir)

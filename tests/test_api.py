@@ -24,8 +24,9 @@ def services_dir(tmp_path):
 
 
 @pytest.fixture
-def app(tmp_path, services_dir):
-    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(services_dir), max_upload_mb=1,
+def app(tmp_path, services_dir, store_backend):
+    """The app on each job store: SQLite, then PostgreSQL (skipped, saying why, without RESULT_DB_URL_TEST)."""
+    settings = Settings(**store_backend.settings_kwargs(), services_dir=str(services_dir), max_upload_mb=1,
                         api_base="http://127.0.0.1:9/v1")
     registry = ServiceRegistry(str(services_dir))
     registry.reload()
@@ -108,15 +109,19 @@ def test_finished_jobs_answer_200(client, app):
     ("/services/one/generate", {"json": {"content": "   \n\t "}}, 400, ""),
     ("/services/one/generate", {"data": "hello", "content_type": "text/plain"}, 415, "multipart/form-data"),
     ("/services/one/generate", {"data": {"flavor": "small"}}, 400, "No transcript"),
-    ("/services/one/generate", {"data": {"content": "A : b", "file": (io.BytesIO(b"A : b"), "a.txt")}}, 400, "not both"),
-    ("/services/one/generate", {"data": {"file": (io.BytesIO(b""), "empty.txt")}}, 400, ""),
-    ("/services/one/generate", {"data": {"file": (io.BytesIO(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), "x.png")}}, 400, ""),
-    ("/services/one/generate", {"data": {"file": (io.BytesIO(b"A : b\x00\x00c"), "nul.txt")}}, 400, ""),
-    ("/services/one/generate", {"data": {"file": (io.BytesIO(b"x" * (1024 * 1024 + 10)), "big.txt")}}, 413, "1 MB"),
+    ("/services/one/generate", {"data": {"content": "A : b", "file": (b"A : b", "a.txt")}}, 400, "not both"),
+    ("/services/one/generate", {"data": {"file": (b"", "empty.txt")}}, 400, ""),
+    ("/services/one/generate", {"data": {"file": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "x.png")}}, 400, ""),
+    ("/services/one/generate", {"data": {"file": (b"A : b\x00\x00c", "nul.txt")}}, 400, ""),
+    ("/services/one/generate", {"data": {"file": (b"x" * (1024 * 1024 + 10), "big.txt")}}, 413, "1 MB"),
     ("/services/..%2F..%2Fetc/generate", {"json": {"content": "A : b"}}, 404, ""),
     ("/services/%2e%2e/generate", {"json": {"content": "A : b"}}, 404, ""),
 ])
 def test_bad_submissions_get_a_clear_4xx(client, app, path, kwargs, status, needle):
+    # Uploads are given as (bytes, name): a fresh file object for each store the test runs on.
+    if isinstance(kwargs.get("data"), dict):
+        kwargs = {**kwargs, "data": {k: (io.BytesIO(v[0]), v[1]) if isinstance(v, tuple) else v
+                                     for k, v in kwargs["data"].items()}}
     before = app.extensions["store"].count_by_status()
     body = assert_error(client.post(path, **kwargs), status)
     assert needle in body["message"]
@@ -279,3 +284,36 @@ def test_huge_but_valid_inputs_are_accepted_and_parse_whole(client, app):
     assert [t.speaker for t in turns] == [""] and turns[0].text == one_line
     turns = parse_transcript(tiny)
     assert len(turns) == 100_000 and turns[-1].speaker == f"P{99_999 % 9}"
+
+
+class RecordingQueue:
+    """Stands in for the Celery queue (BROKER_URL): records what was enqueued, or fails like a dead broker."""
+
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.sent = []
+
+    def enqueue(self, job_id, countdown=None):
+        if self.fail:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.sent.append(job_id)
+
+
+def test_with_a_broker_jobs_are_stored_with_their_manifest_then_enqueued(client, app, services_dir):
+    queue = app.extensions["queue"] = RecordingQueue()
+    response = client.post("/services/one/generate", json={"content": "Alice : bonjour"})
+    assert response.status_code == 202
+    job_id = response.get_json()["jobId"]
+    assert queue.sent == [job_id]
+    job = app.extensions["store"].get(job_id)
+    assert job.status == "queued" and job.manifest["name"] == "one"
+    assert job.template == (services_dir / "one.txt").read_text()
+    assert "manifest" not in client.get(f"/results/{job_id}").get_json()   # nothing new in the API
+
+
+def test_with_a_broker_down_the_submission_is_refused_and_nothing_is_kept(client, app):
+    app.extensions["queue"] = RecordingQueue(fail=True)
+    before = app.extensions["store"].count_by_status()
+    body = assert_error(client.post("/services/one/generate", json={"content": "Alice : bonjour"}), 503)
+    assert "queue is unavailable" in body["message"]
+    assert app.extensions["store"].count_by_status() == before

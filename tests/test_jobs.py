@@ -1,18 +1,21 @@
-"""The SQLite job store: life cycle, atomic claims across processes, recovery."""
+"""The job store on SQLite and on PostgreSQL: life cycle, atomic claims across processes, leases, recovery."""
 import multiprocessing
 import sqlite3
+
+import pytest
 
 from app.jobs import JobStatus, JobStore
 
 
-def make_store(tmp_path):
-    store = JobStore(str(tmp_path / "jobs.sqlite"))
+@pytest.fixture
+def store(store_backend):
+    store = JobStore(store_backend.location)
     store.init_schema()
-    return store
+    yield store
+    store.close()
 
 
-def test_life_cycle_and_wal(tmp_path):
-    store = make_store(tmp_path)
+def test_life_cycle_and_wal(store):
     job_id = store.create_job(service="cra", flavor="mixtral", input_text="A : b", params={"temperature": 0.2})
     job = store.get(job_id)
     assert job.status == JobStatus.QUEUED and job.params == {"temperature": 0.2} and job.progress == 0
@@ -27,18 +30,17 @@ def test_life_cycle_and_wal(tmp_path):
     job = store.get(job_id)
     assert (job.status, job.progress, job.result, job.usage) == ("complete", 100, "summary", {"calls": 2})
     assert job.finished_at is not None
-    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    if store.is_sqlite:
+        mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
 
 
-def test_claims_follow_creation_order(tmp_path):
-    store = make_store(tmp_path)
+def test_claims_follow_creation_order(store):
     ids = [store.create_job(service="s", flavor="f", input_text=str(i), now=100 + i) for i in range(3)]
     assert [store.claim_next().id for _ in range(3)] == ids
 
 
-def test_finished_jobs_are_not_overwritten_by_a_late_runner(tmp_path):
-    store = make_store(tmp_path)
+def test_finished_jobs_are_not_overwritten_by_a_late_runner(store):
     job_id = store.create_job(service="s", flavor="f", input_text="x")
     store.claim_next()
     store.requeue(job_id)
@@ -46,8 +48,7 @@ def test_finished_jobs_are_not_overwritten_by_a_late_runner(tmp_path):
     assert store.get(job_id).status == "queued"
 
 
-def test_requeue_processing_recovers_jobs_of_a_dead_runner(tmp_path):
-    store = make_store(tmp_path)
+def test_requeue_processing_recovers_jobs_of_a_dead_runner(store):
     a = store.create_job(service="s", flavor="f", input_text="a")
     b = store.create_job(service="s", flavor="f", input_text="b")
     store.claim_next()
@@ -69,8 +70,7 @@ def _claim_all(path, out):
     out.put(got)
 
 
-def test_several_processes_never_claim_the_same_job(tmp_path):
-    store = make_store(tmp_path)
+def test_several_processes_never_claim_the_same_job(store):
     ids = {store.create_job(service="s", flavor="f", input_text=str(i)) for i in range(200)}
     out = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=_claim_all, args=(store.path, out)) for _ in range(4)]
@@ -84,9 +84,85 @@ def test_several_processes_never_claim_the_same_job(tmp_path):
     assert set(claimed) == ids
 
 
-def test_heartbeat(tmp_path):
-    store = make_store(tmp_path)
+def test_heartbeat(store):
     assert store.last_beat("runner") is None
     store.beat("runner", {"pid": 1}, now=10.0)
     store.beat("runner", {"pid": 2}, now=12.0)
     assert store.last_beat("runner") == (12.0, {"pid": 2})
+
+
+def test_claim_by_id_takes_a_queued_job_once(store):
+    job_id = store.create_job(service="s", flavor="f", input_text="x", manifest={"name": "s"}, template="T {}")
+    job = store.claim(job_id, lease_s=30)
+    assert job.status == "processing" and job.attempts == 1 and job.owner
+    assert (job.manifest, job.template) == ({"name": "s"}, "T {}")
+    assert store.claim(job_id, lease_s=30) is None          # held, lease alive
+    assert store.claim("no-such-job", lease_s=30) is None
+
+
+def test_a_job_whose_holder_went_silent_is_taken_over_and_the_old_holder_is_fenced_off(store):
+    job_id = store.create_job(service="s", flavor="f", input_text="x", now=100)
+    first = store.claim(job_id, lease_s=30, now=100)
+    store.save_progress(job_id, 40, {"turns_done": 8}, owner=first.owner, now=110)
+    assert store.renew({job_id: first.owner}, now=120) == 1
+    assert store.claim(job_id, lease_s=30, now=140) is None    # renewed at 120: alive until 150
+    assert store.claim_next(lease_s=30, now=140) is None
+    second = store.claim(job_id, lease_s=30, now=151)          # silent for 31 s: taken over
+    assert second.owner != first.owner and second.attempts == 2
+    assert second.checkpoint == {"turns_done": 8} and second.progress == 40   # resumes from there
+    # The first holder wakes up: every write of its own is refused.
+    assert store.renew({job_id: first.owner}, now=152) == 0
+    assert not store.save_progress(job_id, 90, {"turns_done": 99}, owner=first.owner)
+    assert not store.complete(job_id, "stale", {}, owner=first.owner)
+    assert not store.holds(job_id, first.owner) and store.holds(job_id, second.owner)
+    assert store.complete(job_id, "fresh", {"calls": 1}, owner=second.owner)
+    job = store.get(job_id)
+    assert (job.status, job.result, job.checkpoint) == ("complete", "fresh", {"turns_done": 8})
+
+
+def test_claim_next_with_a_lease_takes_over_silent_jobs_in_creation_order(store):
+    old = store.create_job(service="s", flavor="f", input_text="a", now=10)
+    new = store.create_job(service="s", flavor="f", input_text="b", now=20)
+    assert store.claim_next(now=30).id == old
+    assert store.claim_next(now=31).id == new
+    assert store.claim_next(now=200) is None                   # without a lease: queued jobs only
+    assert store.claim_next(lease_s=60, now=200).id == old
+
+
+def test_cancel_of_a_processing_job_does_not_renew_its_lease(store):
+    job_id = store.create_job(service="s", flavor="f", input_text="x", now=1)
+    store.claim(job_id, lease_s=30, now=1)
+    assert store.cancel(job_id, now=50) == "cancelling"
+    assert store.get(job_id).updated_at == 1
+    assert store.claim(job_id, lease_s=30, now=60) is None     # a job asked to stop is not taken over
+
+
+def test_listing_orders_ties_by_insertion(store):
+    ids = [store.create_job(service="s", flavor="f", input_text=str(i), now=5) for i in range(5)]
+    jobs, total = store.list_jobs()
+    assert [j.id for j in jobs] == ids[::-1] and total == 5
+    assert {j.input_text for j in jobs} == {""}
+    assert [store.claim_next(now=6).id for _ in ids] == ids
+    assert store.count_by_status() == {"processing": 5}
+
+
+def test_an_old_sqlite_database_gets_the_new_columns(tmp_path):
+    path = str(tmp_path / "old.sqlite")
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, service TEXT NOT NULL, flavor TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}', input_text TEXT NOT NULL, input_name TEXT, status TEXT NOT NULL,
+            progress INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', result TEXT, error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0, checkpoint TEXT, usage TEXT, warnings TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
+            finished_at REAL, updated_at REAL NOT NULL);
+        INSERT INTO jobs (id, service, flavor, input_text, status, created_at, updated_at)
+            VALUES ('old-1', 's', 'f', 'A : b', 'queued', 1, 1);
+    """)
+    old.close()
+    store = JobStore(path)
+    store.init_schema()
+    store.init_schema()  # twice: nothing to add the second time
+    job = store.claim_next()
+    assert job.id == "old-1" and job.manifest is None and job.owner
+    assert store.complete("old-1", "done", {}, owner=job.owner)

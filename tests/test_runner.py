@@ -1,4 +1,5 @@
 """The runner, driven one tick at a time, against the fake engine on loopback."""
+import threading
 import time
 
 import pytest
@@ -7,20 +8,22 @@ from app.jobs import JobStore
 from app.registry import ServiceRegistry
 from app.runner import Runner
 from app.settings import Settings
+from app.summarize import summarize
 from tests.manifest_factory import flavor, manifest, write_service
 
 FR_SMALL = open("tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt", encoding="utf-8").read()
 
 
 @pytest.fixture
-def setup(tmp_path, fake_engine):
+def setup(tmp_path, fake_engine, store_backend):
+    """A runner on each job store: SQLite, then PostgreSQL (skipped, saying why, without RESULT_DB_URL_TEST)."""
     folder = tmp_path / "services"
     folder.mkdir()
     write_service(str(folder), "roll", manifest(name="roll", flavors=[flavor("f", maxNewTurns=3)]))
     write_service(str(folder), "par", manifest(name="par", fields=1, flavors=[flavor("f", maxNewTurns=3)]))
-    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
+    settings = Settings(**store_backend.settings_kwargs(), services_dir=str(folder), api_base=fake_engine.base_url,
                         max_concurrent_jobs=2, engine_retries=0)
-    store = JobStore(settings.db_path)
+    store = JobStore(settings.result_db_url or settings.db_path)
     store.init_schema()
     registry = ServiceRegistry(str(folder))
     registry.reload()
@@ -137,3 +140,42 @@ def test_purge_of_old_finished_jobs(setup):
     recent = store.create_job(service="roll", flavor="f", input_text="A : b")
     runner.tick()
     assert store.get(old) is None and store.get(recent) is not None
+
+
+
+def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_engine):
+    """Runner A freezes after two batches (no lease renewal); B takes the job over once the lease has run
+    out and resumes at A's last checkpoint; when A wakes up its writes are refused and it lets go."""
+    runner, store, registry, _ = setup
+    frozen, release = threading.Event(), threading.Event()
+
+    def freezing_summarize(*args, on_checkpoint, **kwargs):
+        def checkpoint(progress, state):
+            on_checkpoint(progress, state)
+            if progress >= 20 and not frozen.is_set():     # two batches of ten done: the process freezes
+                frozen.set()
+                release.wait(30)
+        return summarize(*args, on_checkpoint=checkpoint, **kwargs)
+
+    text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))  # 10 batches of 3
+    job_id = store.create_job(service="roll", flavor="f", input_text=text)
+    frozen_runner = Runner(runner.settings, store, registry, summarize_fn=freezing_summarize)
+    try:
+        assert frozen_runner.tick() == 1
+        assert frozen.wait(20)
+        assert runner.tick(now=time.time() - 1) == 0             # its lease is alive: not claimable
+        assert runner.tick(now=time.time() + runner.settings.job_lease + 1) == 1   # silent past the lease
+        job = drain(runner, store, [job_id])[0]
+        release.set()
+        wait_for = time.monotonic() + 10
+        while frozen_runner.running and time.monotonic() < wait_for:
+            frozen_runner.tick()
+            time.sleep(0.05)
+    finally:
+        release.set()
+        frozen_runner.shutdown(timeout=5)
+    assert job.status == "complete" and job.attempts == 2
+    assert [l.split(" : ", 1)[1] for l in job.result.splitlines()] == [f"intervention {i}" for i in range(30)]
+    assert len(fake_engine.chat_requests()) == 10              # B resumed after A's two batches: none sent twice
+    after = store.get(job_id)
+    assert (after.status, after.result) == ("complete", job.result)   # A's wake-up changed nothing

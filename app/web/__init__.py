@@ -5,7 +5,7 @@ import logging
 
 from flask import Flask
 
-from app.jobs import JobStore
+from app.jobs import JobStore, open_store
 from app.registry import ServiceRegistry
 from app.settings import Settings
 
@@ -22,9 +22,15 @@ def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | 
     app.json.sort_keys = False
     app.extensions["settings"] = settings
     if store is None:
-        store = JobStore(settings.db_path)
+        store = open_store(settings)
         store.init_schema()
     app.extensions["store"] = store
+    # With BROKER_URL, accepted jobs are handed to the Celery workers (app/queue.py).
+    if settings.broker_url:
+        from app.queue import JobQueue
+        app.extensions["queue"] = JobQueue(settings)
+    else:
+        app.extensions["queue"] = None
     if registry is None:
         registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
     app.extensions["registry"] = registry

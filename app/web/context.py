@@ -18,6 +18,11 @@ def store() -> JobStore:
     return current_app.extensions["store"]
 
 
+def queue():
+    """The running app's job queue (a JobQueue with BROKER_URL, else None: the local runner claims jobs)."""
+    return current_app.extensions.get("queue")
+
+
 def registry() -> ServiceRegistry:
     """The running app's service registry."""
     return current_app.extensions["registry"]

@@ -138,7 +138,10 @@ def generate(name: str):
     flavor = values["flavor"] or None
     try:
         job_id = submissions.submit(context.store(), context.registry(), name, content=values["content"],
-                                    filename=values["filename"], flavor=flavor, temperature=temperature, top_p=top_p)
+                                    filename=values["filename"], flavor=flavor, temperature=temperature, top_p=top_p,
+                                    queue=context.queue())
+    except submissions.QueueUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
     except submissions.NotFound as exc:
         raise ApiError(404, str(exc)) from None
     except submissions.InvalidSubmission as exc:

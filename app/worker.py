@@ -1,0 +1,154 @@
+"""`python3 -m app worker`: a Celery worker that runs the gateway's jobs (BROKER_URL mode).
+
+Any number of workers, on any number of machines, consume the queue that API nodes publish
+to (app/queue.py). Each worker process holds its own watched ServiceRegistry (the services
+folder must be shared or synced) and runs a job exactly as the local runner does: it reuses
+`Runner.run_job`, so the pipeline, checkpoints, retries, fallbacks and cancellation are the
+same. `Worker.handle(job_id)` is what a delivered message does and `Worker.tick()` the
+housekeeping (heartbeat, lease renewal, purge); tests call both directly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+from app.jobs import Job, JobStatus, JobStore, open_store
+from app.logs import job_context
+from app.registry import ServiceRegistry
+from app.runner import Runner
+from app.settings import Settings
+from app.summarize import summarize
+
+log = logging.getLogger(__name__)
+
+# What handling one delivered message came to.
+RAN = "ran"                # the job ran here to its end (complete, failed or cancelled)
+REQUEUED = "requeued"      # stopped by a shutdown, back in the queue with its checkpoint: publish again
+BUSY = "busy"              # held by another live worker: look again after a lease
+FINISHED = "finished"      # already ended (a duplicate delivery): nothing to do
+UNKNOWN = "unknown"        # no such job (deleted): nothing to do
+STOPPING = "stopping"      # this worker is shutting down: publish again for another worker
+
+
+class Worker:
+    """Runs delivered jobs with the Runner's pipeline; renews their leases while they run."""
+
+    def __init__(self, settings: Settings, store: JobStore, registry: ServiceRegistry,
+                 summarize_fn: Callable = summarize):
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.runner = Runner(settings, store, registry, summarize_fn)
+        self.runner.beat_info = {"role": "worker", "host": socket.gethostname()}
+        self._held: dict[str, str | None] = {}     # job id → owner token, for the jobs running here
+        self._lock = threading.Lock()
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set at shutdown: running jobs stop before their next batch and go back to the queue."""
+        return self.runner.stopping
+
+    def handle(self, job_id: str, now: float | None = None) -> str:
+        """Claim the job by id and run it to its end; return what happened (RAN, BUSY, ...)."""
+        if self.stopping.is_set():
+            return STOPPING
+        job = self.store.claim(job_id, lease_s=self.settings.job_lease, now=now)
+        if job is None:
+            state = self.store.get_state(job_id)
+            if state is None:
+                return UNKNOWN
+            if state[0] == JobStatus.PROCESSING.value:
+                return BUSY
+            return FINISHED if state[0] != JobStatus.QUEUED.value else BUSY
+        with job_context(job.id):
+            log.info("worker: job %s claimed (%s/%s, attempt %d%s)", job.id, job.service, job.flavor, job.attempts,
+                     f", resuming at {job.progress}%" if job.checkpoint else "")
+            self._note_manifest_drift(job)
+        with self._lock:
+            self._held[job.id] = job.owner
+        try:
+            self.runner.run_job(job)
+        finally:
+            with self._lock:
+                self._held.pop(job.id, None)
+        state = self.store.get_state(job.id)
+        return REQUEUED if state is not None and state[0] == JobStatus.QUEUED.value else RAN
+
+    def _note_manifest_drift(self, job: Job) -> None:
+        # The job records the manifest it was accepted with; this worker runs it with the
+        # services folder it sees. A difference is normal after an edit, a sign of an unsynced
+        # folder otherwise: say it.
+        service = self.registry.get(job.service)
+        if job.manifest is not None and service is not None and service.raw != job.manifest:
+            log.info("worker: job %s was accepted with another version of service '%s'; it runs with the one"
+                     " loaded here", job.id, job.service)
+
+    @property
+    def running(self) -> int:
+        """How many jobs run in this worker now."""
+        return len(self._held)
+
+    def tick(self, now: float | None = None) -> None:
+        """Beat, renew the leases of the jobs running here, purge old finished jobs."""
+        with self._lock:
+            held = dict(self._held)
+        self.runner.housekeep(held, time.time() if now is None else now)
+
+
+def run_worker(settings: Settings) -> int:
+    """The worker process: a Celery worker (threads pool, MAX_CONCURRENT_JOBS jobs at once) until SIGTERM."""
+    from celery.signals import worker_shutting_down
+
+    from app.queue import QUEUE_NAME, TASK_NAME, JobQueue
+
+    store = open_store(settings)
+    store.init_schema()
+    registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
+    worker = Worker(settings, store, registry)
+    celery = JobQueue(settings).celery
+
+    @celery.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+    def run_job(task, job_id: str) -> str:
+        outcome = worker.handle(job_id)
+        if outcome == BUSY:
+            # Held by a live worker (a second delivery after the visibility timeout): look again
+            # after one lease; if that worker died meanwhile, this delivery takes the job over.
+            raise task.retry(countdown=settings.job_lease)
+        if outcome in (REQUEUED, STOPPING):
+            raise task.retry(countdown=0)   # another worker resumes it from its checkpoint
+        return outcome
+
+    def on_shutdown(**_):
+        log.info("worker: stopping; running jobs stop before their next batch and go back to the queue")
+        worker.stopping.set()
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
+
+    stop_ticking = threading.Event()
+
+    def ticker():
+        while not stop_ticking.is_set():
+            try:
+                worker.tick()
+            except Exception:  # the loop never dies; a database hiccup is retried next tick
+                log.exception("worker: housekeeping failed")
+            stop_ticking.wait(min(1.0, settings.job_lease / 4))
+
+    threading.Thread(target=ticker, name="worker-housekeeping", daemon=True).start()
+    log.info("worker: started (pid %d, up to %d jobs at once, store %s, queue %s)", os.getpid(),
+             settings.max_concurrent_jobs, store.describe(), QUEUE_NAME)
+    celery_worker = celery.Worker(
+        hostname=f"llm-gateway-{os.getpid()}@{socket.gethostname()}", pool_cls="threads",
+        concurrency=settings.max_concurrent_jobs, loglevel="DEBUG" if settings.debug else "INFO",
+        without_gossip=True, without_mingle=True, without_heartbeat=True, optimization="fair",
+        quiet=True, no_color=True, redirect_stdouts=False)
+    try:
+        celery_worker.start()
+    finally:
+        stop_ticking.set()
+        registry.stop()
+    return celery_worker.exitcode or 0
