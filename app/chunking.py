@@ -349,7 +349,7 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
     def prompt(start: int, end: int) -> str:
         return _fill(template, fields, "\n".join(lines[start:end]))
 
-    def greedy(start: int) -> list[tuple[int, int]]:
+    def greedy(start: int) -> list[tuple[int, int, int]]:
         ranges = []
         while start < len(pieces):
             end, total = start + 1, base + pieces[start].tokens
@@ -357,16 +357,21 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
                    and total + newline + pieces[end].tokens <= limit):
                 total += newline + pieces[end].tokens
                 end += 1
-            ranges.append((start, end))
+            ranges.append((start, end, total))
             start = end
         return ranges
 
     spans: list[tuple[int, int]] = []
     start = 0
+    trusted = limit - _margin(limit)
     while start < len(pieces):
         ranges = greedy(start)
-        real = tokenizer.count_many([prompt(s, e) for s, e in ranges])
-        for (s, e), n in zip(ranges, real):
+        # Only a prompt whose estimate is near the limit is counted for real: one well under it
+        # (most are, when maxNewTurns ends the batch) cannot be over it.
+        near = [(s, e) for s, e, total in ranges if total > trusted]
+        real = dict(zip(near, tokenizer.count_many([prompt(s, e) for s, e in near])))
+        for s, e, total in ranges:
+            n = real.get((s, e), total)
             if n <= limit:
                 spans.append((s, e))
                 start = e

@@ -49,6 +49,10 @@ QUEUED, PROCESSING = JobStatus.QUEUED.value, JobStatus.PROCESSING.value
 
 # Columns added after the first release: an existing database gets them at init_schema().
 ADDED_COLUMNS = ("manifest", "template", "owner")
+# Columns a view of a job (GET /results, listings) never shows and that can be large: the
+# upload (megabytes), the checkpoint (the summary so far), the manifest and template snapshot.
+# Views read them as empty, so a poll reads a few hundred bytes, not the whole row.
+NOT_VIEWED = {"input_text": "''", "checkpoint": "NULL", "manifest": "NULL", "template": "NULL"}
 
 
 def _tables(dialect: str) -> tuple[MetaData, Table, Table]:
@@ -182,7 +186,13 @@ class JobStore:
         # The hot reads, built once (pollers call them every half second).
         j = self.jobs
         self._select_job = select(*self._job_columns).where(j.c.id == bindparam("job_id"))
+        self._view_columns = [literal_column(NOT_VIEWED[c.name]).label(c.name) if c.name in NOT_VIEWED else c
+                              for c in self._job_columns]
+        self._select_view = select(*self._view_columns).where(j.c.id == bindparam("job_id"))
         self._select_state = select(j.c.status, j.c.progress, j.c.message).where(j.c.id == bindparam("job_id"))
+        self._select_cancel = select(j.c.cancel_requested).where(j.c.id == bindparam("job_id"))
+        self._select_holder = select(j.c.status, j.c.owner).where(j.c.id == bindparam("job_id"))
+        self._compiled: dict[int, tuple[str, tuple[str, ...] | None]] = {}
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -467,28 +477,59 @@ class JobStore:
             row = conn.execute(select(h.c.at, h.c.info).where(h.c.name == name)).first()
         return (row.at, json.loads(row.info)) if row else None
 
-    def get(self, job_id: str) -> Job | None:
-        """One job, or None."""
-        with self._reading() as conn:
-            row = conn.execute(self._select_job, {"job_id": job_id}).first()
+    def get(self, job_id: str, *, full: bool = True) -> Job | None:
+        """One job, or None; with full=False, without the columns a view never shows (NOT_VIEWED)."""
+        row = self._read_by_id(self._select_job if full else self._select_view, job_id)
         return Job.from_row(row) if row else None
 
     def get_state(self, job_id: str) -> tuple[str, int, str] | None:
         """A job's (status, progress, message), or None: cheap enough to poll (no input, no result)."""
-        with self._reading() as conn:
-            row = conn.execute(self._select_state, {"job_id": job_id}).first()
-        return (row.status, row.progress, row.message) if row else None
+        row = self._read_by_id(self._select_state, job_id)
+        return (row["status"], row["progress"], row["message"]) if row else None
+
+    def _read_by_id(self, statement, job_id: str) -> dict[str, Any] | None:
+        """One row of a prebuilt single-statement read, on a pooled DBAPI connection.
+
+        These reads are what pollers hit (GET /results/<id>, event streams). The statement is
+        compiled once per store; SQLAlchemy's per-execution work (events, BEGIN/COMMIT, result
+        objects) costs several times the query itself on SQLite, and one statement needs no
+        transaction around it: it reads one consistent snapshot on its own.
+        """
+        sql, positions = self._compile(statement)
+        connection = self._get_engine().raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                params = {"job_id": job_id}
+                cursor.execute(sql, params if positions is None else tuple(params[name] for name in positions))
+                row = cursor.fetchone()
+                names = [d[0] for d in cursor.description] if row is not None else []
+            finally:
+                cursor.close()
+            if not self.is_sqlite:
+                connection.rollback()        # end the implicit transaction before the pool takes it back
+        finally:
+            connection.close()
+        return dict(zip(names, row)) if row is not None else None
+
+    def _compile(self, statement) -> tuple[str, tuple[str, ...] | None]:
+        found = self._compiled.get(id(statement))
+        if found is None:
+            compiled = statement.compile(dialect=self._get_engine().dialect)
+            found = (compiled.string, tuple(compiled.positiontup) if compiled.positional else None)
+            self._compiled[id(statement)] = found
+        return found
 
     def cancel_requested(self, job_id: str) -> bool:
         """Whether someone asked to cancel this job."""
-        j = self.jobs
-        with self._reading() as conn:
-            return bool(conn.execute(select(j.c.cancel_requested).where(j.c.id == job_id)).scalar())
+        row = self._read_by_id(self._select_cancel, job_id)
+        return bool(row and row["cancel_requested"])
 
     def holds(self, job_id: str, owner: str | None) -> bool:
         """Whether the job is still processing under this owner (False once another worker took it over)."""
-        with self._reading() as conn:
-            return conn.execute(select(self.jobs.c.id).where(self._mine(job_id, owner))).first() is not None
+        row = self._read_by_id(self._select_holder, job_id)
+        return (row is not None and row["status"] == PROCESSING
+                and (owner is None or row["owner"] == owner))     # as _mine() says
 
     def list_jobs(self, status: str | None = None, service: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[list[Job], int]:
@@ -499,12 +540,9 @@ class JobStore:
             where.append(j.c.status == status)
         if service:
             where.append(j.c.service == service)
-        # The input text can be megabytes; a listing does not need it.
-        columns = [c if c.name != "input_text" else literal_column("''").label("input_text")
-                   for c in self._job_columns]
         with self._reading() as conn:
             total = conn.execute(select(func.count()).select_from(j).where(*where)).scalar()
-            rows = conn.execute(select(*columns).where(*where)
+            rows = conn.execute(select(*self._view_columns).where(*where)
                                 .order_by(j.c.created_at.desc(), self._insertion.desc())
                                 .limit(limit).offset(offset)).all()
         return [Job.from_row(row) for row in rows], total

@@ -24,6 +24,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Probes and scrapes arrive every few seconds; at info they would drown the useful lines.
 QUIET_ENDPOINTS = {"health.healthcheck", "health.health", "metrics.scrape"}
+# Each waiting client polls its result every second or so: a poll that finds its job is logged
+# at debug too; a miss (4xx, 5xx) is logged like any other request.
+QUIET_POLLS = {"results.get_result"}
 
 
 class ContextFilter(logging.Filter):
@@ -127,7 +130,9 @@ def init_app(app) -> None:
         if request_id is None:          # a failure before our before_request ran
             return response
         response.headers[REQUEST_ID_HEADER] = request_id
-        quiet = request.endpoint in QUIET_ENDPOINTS and response.status_code < 500
+        status = response.status_code
+        quiet = ((request.endpoint in QUIET_ENDPOINTS and status < 500)
+                 or (request.endpoint in QUIET_POLLS and status < 300))
         path = request.full_path if request.query_string else request.path
         log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %d %.1f ms", request.method, path,
                 response.status_code, (time.monotonic() - g.request_started) * 1000)

@@ -27,6 +27,8 @@ _CHECK = "Le Gouvernement ne laissera tomber personne."
 # What we assume a chat template adds when it cannot be measured (role markers, BOS, …).
 DEFAULT_CHAT_OVERHEAD = 16
 _HTTP_TIMEOUT = 10.0
+# Texts per sentencepiece call in count_many: bounds the token ids held at once.
+_ENCODE_SLICE = 1024
 _PROBE_TIMEOUT = 5.0
 
 
@@ -66,9 +68,13 @@ class SentencePieceTokenizer(Tokenizer):
         return len(self._sp.encode(text)) if text else 0
 
     def count_many(self, texts: Iterable[str]) -> list[int]:
-        """Counts of many texts in one call; sentencepiece spreads it over threads."""
+        """Counts of many texts, a slice per call (sentencepiece spreads each over threads): only
+        one slice's token ids are alive at once, not a whole transcript's."""
         texts = list(texts)
-        return [len(ids) for ids in self._sp.encode(texts)] if texts else []
+        counts: list[int] = []
+        for i in range(0, len(texts), _ENCODE_SLICE):
+            counts.extend(len(ids) for ids in self._sp.encode(texts[i:i + _ENCODE_SLICE]))
+        return counts
 
     def chat_overhead(self) -> int:
         """BOS + "[INST] " + " [/INST]": the Mistral instruct template around one message."""

@@ -86,7 +86,7 @@ def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: T
             return
         status, progress, message = state
         if status in FINISHED:
-            job = store.get(job_id)
+            job = store.get(job_id, full=False)
             if job is not None:
                 yield sse(status, describe(job))
                 return

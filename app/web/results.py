@@ -29,7 +29,7 @@ def get_result(job_id: str):
         description: No such job.
         content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
     """
-    job = context.store().get(job_id)
+    job = context.store().get(job_id, full=False)     # polled often: no input, no checkpoint
     if job is None:
         raise ApiError(404, f"No job with id '{job_id}'.")
     status = 202 if job.status in ("queued", "processing") else 200
