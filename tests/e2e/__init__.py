@@ -1,0 +1,1 @@
+"""End-to-end tests against real engines (LLM_GATEWAY_E2E=1)."""

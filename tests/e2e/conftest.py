@@ -1,0 +1,106 @@
+"""End-to-end fixtures: a REAL engine (vLLM's CPU build, llama.cpp's server) serving SmolLM2-135M,
+and the real gateway (`python3 -m app`) in front of it.
+
+Skipped unless LLM_GATEWAY_E2E=1 (CI sets it): on a fresh machine, installing the engines takes
+minutes. LLM_GATEWAY_E2E_ENGINES=vllm,llamacpp (the default) picks the engines. The engines, model
+and logs are cached by scripts/engine.py under ${LLM_GATEWAY_CACHE:-~/.cache/llm-gateway}.
+Times and the token-count comparison are printed in an "e2e report" section at the end of the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.processes import Gateway, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENGINE_SCRIPT = os.path.join(ROOT, "scripts", "engine.py")
+SERVICES_DIR = os.path.join(ROOT, "services")
+KINDS = [k.strip() for k in os.environ.get("LLM_GATEWAY_E2E_ENGINES", "vllm,llamacpp").split(",") if k.strip()]
+SKIP_REASON = ("end-to-end tests against a real engine are off: set LLM_GATEWAY_E2E=1 to run them"
+               " (CI does; a fresh machine spends minutes installing vLLM and building llama.cpp)")
+
+REPORT: list[str] = []        # lines for the "e2e report" section
+
+
+def report(line: str) -> None:
+    REPORT.append(line)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end tests against a real engine (LLM_GATEWAY_E2E=1)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("e2e report")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
+@dataclass
+class Engine:
+    kind: str
+    api_base: str          # http://127.0.0.1:PORT/v1
+    root: str              # http://127.0.0.1:PORT
+    model: str
+    log: str               # the engine's log file
+
+    def log_text(self) -> str:
+        with open(self.log, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+
+def engine_cli(*args: str, timeout: float) -> str:
+    """Run scripts/engine.py; its output goes to the report (times) and to the error on failure."""
+    proc = subprocess.run([sys.executable, ENGINE_SCRIPT, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    for line in proc.stdout.splitlines():       # "[engine] <step>: 12.3 s"
+        if re.match(r"\[engine\] (?!times:).*: [\d.]+ s$", line):
+            report(line)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/engine.py {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def engine(request):
+    """A real engine of each kind, prepared (cached), started on a free loopback port, always stopped."""
+    if os.environ.get("LLM_GATEWAY_E2E") != "1":
+        pytest.skip(SKIP_REASON)
+    kind = request.param
+    port = free_port()
+    started = time.monotonic()
+    try:
+        out = engine_cli("start", "--kind", kind, "--port", str(port), timeout=3000)
+        info = json.loads(out.strip().splitlines()[-1])
+        report(f"[{kind}] prepare + start: {time.monotonic() - started:.1f} s")
+        yield Engine(kind=kind, api_base=info["api_base"], root=info["api_base"][: -len("/v1")],
+                     model=info["model"], log=info["log"])
+    finally:
+        stopped = time.monotonic()
+        engine_cli("stop", "--kind", kind, "--port", str(port), timeout=120)
+        report(f"[{kind}] stop: {time.monotonic() - stopped:.1f} s;"
+               f" engine up for {time.monotonic() - started:.1f} s in all")
+
+
+@pytest.fixture(scope="session")
+def gateway(engine, tmp_path_factory):
+    """The real gateway (`python3 -m app`, 2 Gunicorn workers + runner) pointed at the engine."""
+    tmp = tmp_path_factory.mktemp(f"gateway-{engine.kind}")
+    gw = Gateway(tmp, api_base=engine.api_base, services_dir=SERVICES_DIR, workers=2)
+    started = time.monotonic()
+    try:
+        gw.start(timeout=120)
+        report(f"[{engine.kind}] gateway start: {time.monotonic() - started:.1f} s")
+        yield gw
+    finally:
+        gw.stop()

@@ -1,0 +1,190 @@
+"""The gateway against a REAL engine: vLLM's CPU build and llama.cpp's server, serving SmolLM2-135M.
+
+Every test runs once per engine (the `engine` fixture is parametrized). The gateway is the real
+`python3 -m app`, reached over HTTP like a client would; the flavor is `smollm2-135m` from the
+shipped services/cra.json and services/summary.json. A 135M model writes rough text, so the
+checks are on the protocol and the numbers: a complete job, a non-empty summary made of lines,
+no prompt text echoed back, usage counted from the engine, token counts that agree with the
+engine's, and no request ever sent past the context.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+import requests
+
+from tests.e2e.conftest import ROOT, SERVICES_DIR, report
+from tests.processes import Gateway
+
+pytestmark = pytest.mark.e2e
+
+FLAVOR = "smollm2-135m"
+FR_SMALL = os.path.join(ROOT, "tests", "data", "fr", "fr_small_an_qag_securite_alimentaire_2013-02-12.txt")
+EN_SMALL = os.path.join(ROOT, "tests", "data", "en", "en_small_ami_TS3010a.txt")
+FR_MEDIUM = os.path.join(ROOT, "tests", "data", "fr", "fr_medium_an_qag_2013-02-12.txt")
+JOB_TIMEOUT = float(os.environ.get("LLM_GATEWAY_E2E_JOB_TIMEOUT", "900"))
+OVERFLOW_CALLS = int(os.environ.get("LLM_GATEWAY_E2E_OVERFLOW_CALLS", "6"))
+# The gateway's prompt count against the engine's usage.prompt_tokens: both use the engine's own
+# tokenizer and chat template, so they should agree but for a token where text meets template.
+TOKEN_TOLERANCE = 2
+
+
+def submit(gateway, service: str, path: str) -> tuple[str, str]:
+    """POST the file as a form upload; return (job id, Location header)."""
+    with open(path, "rb") as handle:
+        response = requests.post(f"{gateway.url}/services/{service}/generate",
+                                 files={"file": (os.path.basename(path), handle)},
+                                 data={"flavor": FLAVOR}, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+    assert job_id
+    location = response.headers.get("Location", "")
+    assert location.endswith(f"/results/{job_id}"), location
+    return job_id, location
+
+
+def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
+    """Poll GET /results/<id>: 202 with progress while queued/processing, 200 once finished."""
+    deadline = time.monotonic() + timeout
+    seen = set()
+    while True:
+        response = requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
+        body = response.json()
+        seen.add(body.get("status"))
+        if response.status_code == 202:
+            assert body["status"] in ("queued", "processing"), body
+            assert "progress" in body, body
+        else:
+            assert response.status_code == 200, (response.status_code, body)
+            assert body["status"] in ("complete", "failed"), body
+            return body
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} not finished after {timeout:.0f} s (statuses seen: {sorted(seen)});"
+                        f" last: {body}")
+        time.sleep(0.5)
+
+
+def template_lines(service: str) -> list[str]:
+    """The instruction lines of a service's template: a summary must never contain them."""
+    with open(os.path.join(SERVICES_DIR, f"{service}.txt"), encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle.read().splitlines()]
+    return [line for line in lines if len(line) >= 30 and "{}" not in line]
+
+
+def check_summary(kind: str, service: str, body: dict, seconds: float, label: str = "") -> dict:
+    assert body["status"] == "complete", body.get("error", body)
+    text = body["summarization"]
+    assert isinstance(text, str) and text.strip(), body
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines, text
+    usage = body.get("usage") or {}
+    for key in ("calls", "prompt_tokens", "completion_tokens"):
+        assert isinstance(usage.get(key), int) and usage[key] > 0, usage
+    echoed = [line for line in template_lines(service) if line in text]
+    report(f"[{kind}] {service}{label}: {seconds:.1f} s, {len(lines)} lines, {len(body.get('warnings') or [])}"
+           f" warnings, {len(echoed)} template lines echoed, usage {usage}")
+    assert "{}" not in text
+    assert not echoed, f"template text echoed in the summary: {echoed}"
+    return usage
+
+
+def test_job_cra_french(engine, gateway):
+    started = time.monotonic()
+    job_id, _ = submit(gateway, "cra", FR_SMALL)
+    body = wait_result(gateway, job_id)
+    usage = check_summary(engine.kind, "cra", body, time.monotonic() - started)
+    assert usage["prompt_tokens"] <= usage["calls"] * 4096
+
+
+def test_job_summary_english(engine, gateway):
+    started = time.monotonic()
+    job_id, _ = submit(gateway, "summary", EN_SMALL)
+    body = wait_result(gateway, job_id)
+    usage = check_summary(engine.kind, "summary", body, time.monotonic() - started)
+    assert usage["prompt_tokens"] <= usage["calls"] * 4096
+
+
+def test_gateway_token_count_matches_the_engine(engine):
+    """app.tokenizers counts a prompt as the engine will: compare with the engine's usage.prompt_tokens."""
+    from app.chunking import fill_template
+    from app.manifests import load_service
+    from app.tokenizers import clear_cache, get_tokenizer
+
+    clear_cache()
+    flavor = load_service(os.path.join(SERVICES_DIR, "summary.json")).flavor(FLAVOR)
+    assert flavor is not None, "services/summary.json has no smollm2-135m flavor"
+    tokenizer = get_tokenizer(flavor, engine.api_base)
+    # It must be the engine's own tokenizer, not a fallback estimate.
+    assert tokenizer.name.startswith(("vllm:", "llamacpp:")), tokenizer.name
+    with open(os.path.join(SERVICES_DIR, "summary.txt"), encoding="utf-8") as handle:
+        template = handle.read()
+    with open(EN_SMALL, encoding="utf-8") as handle:
+        excerpt = "\n".join(handle.read().splitlines()[:40])
+    with open(FR_SMALL, encoding="utf-8") as handle:
+        french = "\n".join(handle.read().splitlines()[:3])
+    differences = []
+    for prompt in (fill_template(template, [excerpt]), french, excerpt[:500]):
+        ours = tokenizer.count(prompt) + tokenizer.chat_overhead()
+        response = requests.post(f"{engine.api_base}/chat/completions", timeout=300, json={
+            "model": engine.model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 1, "temperature": 0})
+        assert response.status_code == 200, response.text
+        theirs = response.json()["usage"]["prompt_tokens"]
+        differences.append(theirs - ours)
+        report(f"[{engine.kind}] prompt tokens: gateway {ours} ({tokenizer.name}, chat overhead"
+               f" {tokenizer.chat_overhead()}), engine usage {theirs}, difference {theirs - ours:+d}")
+    assert all(abs(d) <= TOKEN_TOLERANCE for d in differences), differences
+
+
+def chat_statuses(kind: str, log_text: str) -> list[int]:
+    """HTTP statuses of the chat completions the engine answered, in order, from its log."""
+    if kind == "vllm":       # uvicorn: 127.0.0.1:PORT - "POST /v1/chat/completions HTTP/1.1" 200 OK
+        return [int(code) for code in re.findall(r'"POST /v1/chat/completions HTTP/[\d.]+" (\d{3})', log_text)]
+    # llama.cpp logs no access line: a finished completion prints its timings ("total time ="),
+    # a refused one "send_error: task id = N, error: ..." (a context overflow among them).
+    statuses = []
+    for line in log_text.splitlines():
+        if "print_timing" in line and "total time" in line:
+            statuses.append(200)
+        elif "send_error" in line:
+            statuses.append(400)
+    return statuses
+
+
+def test_long_input_never_overflows_the_context(engine, tmp_path):
+    """fr_medium (~5x the 4096-token context): every engine call the gateway makes fits.
+
+    A gateway of its own follows the job for OVERFLOW_CALLS engine calls and is then killed
+    (a 135M model rambles to the token limit, so the whole job takes many minutes on 2 cores,
+    and a cancel waits for the end of the current batch). The engine is the judge of each
+    call: vLLM answers 400 to prompt + max_tokens beyond --max-model-len, llama.cpp to a prompt
+    beyond its slot; the gateway never even has to halve a batch for overflowing.
+    """
+    gateway = Gateway(tmp_path, api_base=engine.api_base, services_dir=SERVICES_DIR, workers=2)
+    before = len(chat_statuses(engine.kind, engine.log_text()))
+    try:
+        gateway.start(timeout=120)
+        started = time.monotonic()
+        job_id, _ = submit(gateway, "cra", FR_MEDIUM)
+        deadline = started + JOB_TIMEOUT
+        while True:
+            body = requests.get(f"{gateway.url}/results/{job_id}", timeout=10).json()
+            statuses = chat_statuses(engine.kind, engine.log_text())[before:]
+            assert all(code == 200 for code in statuses), f"the engine refused a call: {statuses}"
+            if body["status"] in ("complete", "failed") or len(statuses) >= OVERFLOW_CALLS:
+                break
+            assert time.monotonic() < deadline, f"{len(statuses)} engine calls in {JOB_TIMEOUT:.0f} s: {body}"
+            time.sleep(1)
+        seconds = time.monotonic() - started
+        assert body["status"] != "failed", body.get("error", body)
+        assert "overflows; halving" not in gateway.logs(), "a batch went beyond the context"
+    finally:
+        if gateway.proc is not None and gateway.proc.poll() is None:
+            gateway.kill9()
+        if gateway.proc is not None:
+            gateway.stop()
+    report(f"[{engine.kind}] cra (fr_medium): {len(statuses)} engine calls, all 200, in {seconds:.1f} s;"
+           f" job {body['status']} at progress {body.get('progress')}")
