@@ -85,14 +85,17 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
     return SummaryResult("\n".join(lines), job.usage_report(), list(job.warnings))
 
 
-def clean_output(text: str) -> list[str]:
-    """The model's answer as summary lines: no wrapping code fence, no blank lines, stripped."""
+def clean_output(text: str, template: str = "") -> list[str]:
+    """The model's answer as summary lines: no wrapping code fence, no blank lines, stripped,
+    and no line that repeats a line of the prompt template word for word (small models echo
+    their instructions)."""
     lines = text.strip().splitlines()
     if lines and _FENCE.match(lines[0].strip()):
         lines = lines[1:]
     if lines and lines[-1].strip() == "```":
         lines = lines[:-1]
-    return [line.strip() for line in lines if line.strip()]
+    echoed = {line.strip() for line in template.replace("{}", "").splitlines() if line.strip()}
+    return [line.strip() for line in lines if line.strip() and line.strip() not in echoed]
 
 
 def consolidate(lines: list[str]) -> list[str]:
@@ -270,7 +273,7 @@ class _Job:
             speaker = f" ({turns[0].speaker})" if turns[0].speaker else ""
             self.warn(f"the summary of turn {start + 1}{speaker} was cut at "
                       f"{self.flavor.max_generation_length} tokens (maxGenerationLength); kept as is")
-        return clean_output(completion.text)
+        return clean_output(completion.text, self.template)
 
     def summarize_halves(self, start: int, halves: tuple[Sequence[Turn], Sequence[Turn]],
                          prior: list[str] | None) -> list[str]:
@@ -368,7 +371,7 @@ class _Job:
                 return self.reduce_halves(lines, template)
             self.warn(f"a reduced part of the summary was cut at "
                       f"{self.flavor.max_generation_length} tokens; kept as is")
-        return clean_output(completion.text)
+        return clean_output(completion.text, template)
 
     def reduce_halves(self, lines: list[str], template: str) -> list[str]:
         middle = len(lines) // 2

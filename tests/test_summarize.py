@@ -344,3 +344,15 @@ def test_nothing_to_summarize_makes_no_call(fake_engine):
     assert result.text == "" and result.usage["calls"] == 0
     assert fake_engine.chat_requests() == []
 
+
+
+def test_echoed_template_lines_are_dropped(fake_engine):
+    """Small models repeat their instructions; a line equal to a template line is not summary."""
+    template = open("services/cra.txt", encoding="utf-8").read()
+    instruction = "- Une ligne par intervention, de la forme « Orateur : résumé de l'intervention »."
+    assert instruction in template.splitlines()
+    assert clean_output(f"{instruction}\nAlice : bonjour\nNouvelles interventions à résumer :", template) \
+        == ["Alice : bonjour"]
+    fake_engine.reply = lambda prompt: f"{instruction}\nAlice : a dit bonjour"
+    result = run(fake_engine, [Turn("Alice", "bonjour à tous")], template=template)
+    assert result.text == "Alice : a dit bonjour"
