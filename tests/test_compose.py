@@ -105,7 +105,7 @@ def test_services_and_profiles(services):
     assert "profiles" not in services["llm-gateway"]
     cpu = {name for name, svc in services.items() if "cpu" in (svc.get("profiles") or [])}
     assert {"llamacpp-cpu", "llm-gateway-cpu"} <= cpu
-    assert all(svc.get("profiles") in (None, ["cpu"]) for svc in services.values())
+    assert all(svc.get("profiles") in (None, ["cpu"], ["scale"]) for svc in services.values())
 
 
 def test_vllm_backend(services):
@@ -246,3 +246,22 @@ def test_dockerignore_keeps_what_the_image_needs():
     for needed in ("app", "document", "services", "requirements.txt", "scripts", "scripts/install.sh"):
         assert needed not in ignored
     assert ".git" in ignored
+
+
+def test_scale_profile(services, compose):
+    scale = {name for name, svc in services.items() if svc.get("profiles") == ["scale"]}
+    assert scale == {"scale-redis", "scale-postgres", "gateway-api", "gateway-worker"}
+    api, worker = services["gateway-api"], services["gateway-worker"]
+    assert api["deploy"]["replicas"] == 2 and worker["deploy"]["replicas"] == 2
+    assert command_args(worker)[-1] == "worker"
+    for svc in (api, worker):
+        env = svc["environment"]
+        assert env["BROKER_URL"] == "redis://scale-redis:6379/0"
+        assert env["RESULT_DB_URL"].startswith("postgresql://") and "@scale-postgres:5432/" in env["RESULT_DB_URL"]
+        assert env["SERVICES_DIR"] == "/usr/src/services"
+        assert "./services:/usr/src/services" in svc["volumes"]
+        assert svc["depends_on"]["scale-postgres"]["condition"] == "service_healthy"
+        assert svc["depends_on"]["scale-redis"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["vllm-backend"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["scale-redis"] and "healthcheck" in services["scale-postgres"]
+    assert {"scale-redis", "scale-postgres"} <= set(compose["volumes"])
