@@ -190,7 +190,8 @@ class Runner:
             on_message=lambda message: self.store.set_message(job.id, message, owner=job.owner),
             should_stop=lambda: self._should_stop(job), concurrency=concurrency,
             retry_policy=RetryPolicy(max_retries=self.settings.engine_retries,
-                                     base_delay=self.settings.engine_retry_delay))
+                                     base_delay=self.settings.engine_retry_delay),
+            job_retries=self.settings.engine_job_retries)
 
     def _should_stop(self, job: Job) -> bool:
         """Checked between batches: a shutdown, a cancel, or the job taken over elsewhere."""

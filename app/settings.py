@@ -38,6 +38,7 @@ class Settings:
     engine_concurrency: int = _setting("--engine_concurrency", "ENGINE_CONCURRENCY", 8, "Requests in flight to one engine at once.", int)
     engine_timeout: int = _setting("--engine_timeout", "ENGINE_TIMEOUT", 600, "Seconds before one engine call is abandoned (and retried).", int)
     engine_retries: int = _setting("--engine_retries", "ENGINE_RETRIES", 8, "Retries of one engine call on transient errors.", int)
+    engine_job_retries: int = _setting("--engine_job_retries", "ENGINE_JOB_RETRIES", 100, "Retries one job may spend in all (every call together) before it fails or falls back.", int)
     engine_retry_delay: float = _setting("--engine_retry_delay", "ENGINE_RETRY_DELAY", 1.0, "First backoff wait in seconds; it doubles on each retry, capped at 30 s.", float)
     max_upload_mb: int = _setting("--max_upload_mb", "MAX_UPLOAD_MB", 20, "Largest accepted transcript upload, in MB.", int)
     api_keys: str = _setting("--api_keys", "API_KEYS", "", "Comma-separated gateway keys; when set (or a keys file is), requests need 'Authorization: Bearer <key>'.")
@@ -55,7 +56,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name, low in (("service_port", 0), ("workers", 1), ("timeout", 1), ("max_concurrent_jobs", 1),
-                          ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("max_upload_mb", 1),
+                          ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("engine_job_retries", 0), ("max_upload_mb", 1),
                           ("worker_threads", 1), ("visibility_timeout", 2), ("job_lease", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from app import chunking, metrics
 from app.engine import (Completion, ContextOverflowError, EngineClient, EngineError, RetryPolicy,
-                        call_with_retries)
+                        TransientEngineError, call_with_retries)
 from app.manifests import Flavor
 from app.transcript import Turn
 
@@ -53,9 +53,13 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
               on_checkpoint: Callable[[int, dict], None] = lambda progress, state: None,
               on_message: Callable[[str], None] = lambda msg: None,
               should_stop: Callable[[], bool] = lambda: False, concurrency: int = 8,
-              retry_policy: RetryPolicy | None = None,
+              retry_policy: RetryPolicy | None = None, job_retries: int | None = None,
               sleep: Callable[[float], None] = time.sleep) -> SummaryResult:
-    """Summarize `turns` with the flavor's model; resumes from `checkpoint` when given."""
+    """Summarize `turns` with the flavor's model; resumes from `checkpoint` when given.
+
+    `retry_policy` bounds the retries of one engine call; `job_retries`, when given, bounds the
+    retries of the whole job (every call together, resumed runs included).
+    """
     if fields not in (1, 2):
         raise ValueError(f"a template must have 1 or 2 fields, not {fields}")
     reserve = chunking.default_context_reserve(flavor) if fields == 2 else 0
@@ -66,6 +70,7 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
                total=sum(len(b.turns) for b in batches), on_checkpoint=on_checkpoint,
                on_message=on_message, should_stop=should_stop,
                policy=retry_policy or RetryPolicy(), sleep=sleep)
+    job.job_retries = job_retries
     state = job.resume_state(checkpoint)
     try:
         if fields == 2:
@@ -129,6 +134,7 @@ class _Job:
         self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                       "engine_seconds": 0.0, "retries": 0}
         self.warnings: list[str] = []
+        self.job_retries: int | None = None   # the whole job's retry budget (None: no limit)
         self.progress = 0
         self.lock = threading.Lock()
         # Worker threads never call the caller's callbacks (they may touch SQLite, which is
@@ -202,6 +208,11 @@ class _Job:
         """One completion with retries on transient errors; counts usage."""
         def on_retry(attempt: int, max_retries: int, error: Exception) -> None:
             with self.lock:
+                spent = self.usage["retries"]
+                if self.job_retries is not None and spent >= self.job_retries:
+                    # The job's budget is spent: give up now (the runner may fall back).
+                    raise TransientEngineError(f"{error} (the job's retry budget of {self.job_retries} is spent)",
+                                               status_code=getattr(error, "status_code", None)) from None
                 self.usage["retries"] += 1
             self.post(f"engine unavailable, retrying ({attempt}/{max_retries})")
 

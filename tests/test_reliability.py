@@ -185,3 +185,15 @@ def test_fallback_flavor_takes_over_when_the_engine_stays_down(tmp_path, fake_en
         assert len(fake_engine.chat_requests()) == calls + 1
     finally:
         runner.shutdown(timeout=5)
+
+
+def test_the_job_retry_budget_bounds_all_calls_together(fake_engine, runner_for):
+    runner, store = runner_for(fake_engine.base_url, engine_retries=8, engine_job_retries=3)
+    fake_engine.add_fault("503", times=2)        # the first call: 2 retries, then it succeeds
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    assert job.status == "complete" and job.usage["retries"] == 2   # within the budget of 3
+    fake_engine.add_fault("503", times=10)       # one call that keeps failing: per call 8, per job 3
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="f", input_text=TEXT))
+    print("job budget spent:", job.error)
+    assert job.status == "failed" and "retry budget of 3 is spent" in job.error
+    assert job.usage["retries"] == 3
