@@ -7,7 +7,7 @@ from typing import Any
 from app.jobs import Job, JobStore
 from app.manifests import ManifestError, read_template
 from app.registry import ServiceRegistry
-from app.transcript import TranscriptError, parse_transcript
+from app.transcript import TranscriptError, decode_bytes, parse_transcript
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
     _check_range("temperature", temperature, 0.0, 2.0)
     _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
     try:
-        turns = parse_transcript(content, filename)
+        # Decoded once and stored as text, so the runner parses exactly what was validated here;
+        # parse_transcript raises when the text has no words.
+        text = content if isinstance(content, str) else decode_bytes(content)
+        parse_transcript(text, filename)
     except TranscriptError as exc:
         raise InvalidSubmission(str(exc)) from None
-    if not turns:
-        raise InvalidSubmission("The transcript has no text to summarize.")
-    text = content if isinstance(content, str) else _decoded(content, filename)
     params: dict[str, Any] = {}
     if temperature is not None:
         params["temperature"] = temperature
@@ -80,12 +80,6 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
             store.delete(job_id)
             raise QueueUnavailable("The job queue is unavailable; nothing was queued. Try again shortly.") from None
     return job_id
-
-
-def _decoded(content: bytes, filename: str | None) -> str:
-    # Stored as text so the runner parses exactly what was validated here.
-    from app.transcript import decode_bytes
-    return decode_bytes(content)
 
 
 def describe(job: Job) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Routes for the services: list them, show one, submit a transcript to one."""
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, jsonify, request, url_for
 
 from app import submissions
@@ -84,7 +86,6 @@ def _read_submission() -> dict:
         if not isinstance(content, (str, list, dict)):
             raise ApiError(400, "'content' must be the transcript text (or a list of segments).")
         if isinstance(content, (list, dict)):
-            import json
             content = json.dumps(content)
         flavor = data.get("flavor")
         if flavor is not None and not isinstance(flavor, str):
