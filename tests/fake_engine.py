@@ -224,6 +224,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        record = getattr(self, "_current", None)
+        if record is not None:
+            # Recorded before the answer leaves: a client that reads the records right after its
+            # answer must see this request finished, not still in progress.
+            with self.engine.lock:
+                record["finished"], record["status"] = time.monotonic(), status
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -329,13 +335,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any]) -> None:
         eng = self.engine
         record = self._record(body)
+        self._current = record
         eng._acquire_slot()
         try:
             status = self._answer_chat(body, record, eng._next_fault())
         finally:
             eng._release_slot()
+            self._current = None
         with eng.lock:
-            record["finished"], record["status"] = time.monotonic(), status
+            if record["finished"] is None:   # no answer was sent (a dropped connection)
+                record["finished"], record["status"] = time.monotonic(), status
 
     def _answer_chat(self, body: dict[str, Any], record: dict[str, Any],
                      fault: dict[str, Any] | None) -> int | None:
