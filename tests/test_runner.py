@@ -1,4 +1,5 @@
 """The runner, driven one tick at a time, against the fake engine on loopback."""
+import dataclasses
 import threading
 import time
 
@@ -160,12 +161,15 @@ def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_en
     text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))  # 10 batches of 3
     job_id = store.create_job(service="roll", flavor="f", input_text=text)
     frozen_runner = Runner(runner.settings, store, registry, summarize_fn=freezing_summarize)
+    taker = Runner(dataclasses.replace(runner.settings, max_concurrent_jobs=1), store, registry)
     try:
         assert frozen_runner.tick() == 1
         assert frozen.wait(20)
         assert runner.tick(now=time.time() - 1) == 0             # its lease is alive: not claimable
-        assert runner.tick(now=time.time() + runner.settings.job_lease + 1) == 1   # silent past the lease
-        job = drain(runner, store, [job_id])[0]
+        # B (taker) has one slot: the test moves B's clock a lease ahead, and B's own progress writes carry the
+        # real time, so with a second free slot B would find the job it just took "silent" again.
+        assert taker.tick(now=time.time() + runner.settings.job_lease + 1) == 1   # silent past the lease
+        job = drain(taker, store, [job_id])[0]
         release.set()
         wait_for = time.monotonic() + 10
         while frozen_runner.running and time.monotonic() < wait_for:
@@ -174,6 +178,7 @@ def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_en
     finally:
         release.set()
         frozen_runner.shutdown(timeout=5)
+        taker.shutdown(timeout=5)
     assert job.status == "complete" and job.attempts == 2
     assert [l.split(" : ", 1)[1] for l in job.result.splitlines()] == [f"intervention {i}" for i in range(30)]
     assert len(fake_engine.chat_requests()) == 10              # B resumed after A's two batches: none sent twice
