@@ -265,9 +265,13 @@ class _Job:
             return chunking.fill_template(self.template, [self.context(prior or []), new_turns])
         return chunking.fill_template(self.template, [new_turns])
 
-    def summarize_turns(self, start: int, turns: Sequence[Turn],
-                        prior: list[str] | None) -> list[str]:
-        """Summary lines of these turns; halves them when the answer is cut or too long."""
+    def summarize_turns(self, start: int, turns: Sequence[Turn], prior: list[str] | None,
+                        on_half: Callable[[int, list[str]], None] | None = None) -> list[str]:
+        """Summary lines of these turns; halves them when the answer is cut or too long.
+
+        `on_half(done, lines)` is called when the first half of a batch cut between whole turns
+        is summarized (fields == 2: `lines` is the whole summary so far), to save a checkpoint.
+        """
         try:
             completion = self.call(self.turns_prompt(turns, prior))
         except ContextOverflowError:
@@ -275,24 +279,32 @@ class _Job:
             if halves is None:
                 raise
             log.info("summarize: prompt of turn %d (%d turns) overflows; halving", start, len(turns))
-            return self.summarize_halves(start, halves, prior)
+            # One turn halved is cut by words: its first half is not a whole turn done.
+            return self.summarize_halves(start, halves, prior, on_half if len(turns) > 1 else None)
         if completion.finish_reason == "length":
             if len(turns) > 1:
                 log.info("summarize: answer for turn %d (%d turns) cut; halving", start, len(turns))
                 return self.summarize_halves(start, (turns[:len(turns) // 2],
-                                                     turns[len(turns) // 2:]), prior)
+                                                     turns[len(turns) // 2:]), prior, on_half)
             speaker = f" ({turns[0].speaker})" if turns[0].speaker else ""
             self.warn(f"the summary of turn {start + 1}{speaker} was cut at "
                       f"{self.flavor.max_generation_length} tokens (maxGenerationLength); kept as is")
         return clean_output(completion.text, self.template)
 
     def summarize_halves(self, start: int, halves: tuple[Sequence[Turn], Sequence[Turn]],
-                         prior: list[str] | None) -> list[str]:
+                         prior: list[str] | None,
+                         on_half: Callable[[int, list[str]], None] | None = None) -> list[str]:
         first, second = halves
-        out = self.summarize_turns(start, first, prior)
+        out = self.summarize_turns(start, first, prior, on_half)
         # With fields == 2 the second half's context is the summary including the first half.
         after = (prior or []) + out if self.fields == 2 else prior
-        return out + self.summarize_turns(start + len(first), second, after)
+        # A batch whose answers keep being cut can take many calls (a small model rambling to
+        # maxGenerationLength): save the half that is done, and honour a stop or cancel here
+        # rather than at the end of the whole batch.
+        if on_half is not None:
+            on_half(start + len(first), after)
+        self.check_stop()
+        return out + self.summarize_turns(start + len(first), second, after, on_half)
 
     def run_in_order(self, batches, state: dict[str, Any]) -> list[str]:
         """fields == 2: batch after batch, each with the end of the summary so far."""
@@ -304,9 +316,12 @@ class _Job:
             if end <= done:
                 continue                  # finished before the checkpoint
             self.check_stop()
-            # A checkpoint can fall inside a batch only if the plan moved; skip what is done.
+            # A checkpoint falls inside a batch when the plan moved or the batch was halved
+            # (on_half below); skip the turns that are done.
             skip = max(0, done - batch.start)
-            lines += self.summarize_turns(batch.start + skip, batch.turns[skip:], lines)
+            lines += self.summarize_turns(batch.start + skip, batch.turns[skip:], lines,
+                                          on_half=lambda upto, so_far: self.checkpoint(
+                                              {**state, "done": upto, "lines": list(so_far)}, upto))
             done = end
             self.checkpoint({**state, "done": done, "lines": list(lines)}, done)
         return lines

@@ -276,6 +276,29 @@ def test_an_interrupted_job_resumes_without_resending_finished_batches(fake_engi
     assert resumed.usage["calls"] == one_go.usage["calls"]   # usage carried over
 
 
+def test_a_stop_is_honoured_between_the_halves_of_a_cut_batch_and_the_job_resumes_there(fake_engine):
+    """A batch whose answer is cut is redone in halves: the first half done is checkpointed, a stop
+    asked meanwhile ends the run there, and the resumed run sends only what was not done."""
+    turns = load_turns(FR_SMALL)
+    fake_engine.add_fault("length")                    # the first batch's answer is cut: halved
+    saved = []
+    with pytest.raises(JobInterrupted):
+        run(fake_engine, turns, on_checkpoint=lambda progress, state: saved.append((progress, state)),
+            should_stop=lambda: bool(saved))
+    first_run = fake_engine.chat_requests()
+    assert [r["finish_reason"] for r in first_run] == ["length", "stop"]    # the second half never sent
+    first_half = last_section_turns(first_run[1]["prompt"])
+    assert first_half == last_section_turns(first_run[0]["prompt"])[:len(first_half)]
+    progress, state = saved[-1]
+    assert state["done"] == len(first_half) and progress > 0
+
+    fake_engine.reset()
+    resumed = run(fake_engine, turns, checkpoint=json.loads(json.dumps(state)))
+    sent = sent_turns([first_run[1], *fake_engine.chat_requests()])
+    assert_every_turn_sent_once_in_order(turns, sent)
+    assert resumed.text == expected_echo(sent)
+
+
 def test_should_stop_is_checked_before_the_first_batch(fake_engine):
     with pytest.raises(JobInterrupted):
         run(fake_engine, load_turns(FR_SMALL), should_stop=lambda: True)
