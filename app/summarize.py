@@ -3,7 +3,8 @@
 fields == 2 (e.g. "cra"): batches run in order, each prompt carrying the end of the summary
 so far for continuity. fields == 1 (e.g. "cred"): batches are independent and run
 concurrently. Either way a batch whose answer is cut (finish_reason "length") or whose prompt
-overflows the context is retried in two halves, and the state after every batch is handed to
+overflows the context is retried in two halves (unless the answer was cut because the model went
+into a loop: app/loops.py), and the state after every batch is handed to
 `on_checkpoint` so an interrupted job resumes without sending finished batches again.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 from app import chunking, metrics
 from app.engine import (Completion, ContextOverflowError, EngineClient, EngineError, RetryPolicy,
                         TransientEngineError, call_with_retries)
+from app.loops import trim_loop
 from app.manifests import Flavor
 from app.transcript import Turn
 
@@ -282,6 +284,11 @@ class _Job:
             # One turn halved is cut by words: its first half is not a whole turn done.
             return self.summarize_halves(start, halves, prior, on_half if len(turns) > 1 else None)
         if completion.finish_reason == "length":
+            looped = trim_loop(completion.text)
+            if looped is not None:       # smaller batches would loop again: see app/loops.py
+                self.warn(f"the answer for {_turns_label(start, turns)} went into a loop (the same words "
+                          f"repeated up to maxGenerationLength); the repetition was cut off")
+                return clean_output(looped, self.template)
             if len(turns) > 1:
                 log.info("summarize: answer for turn %d (%d turns) cut; halving", start, len(turns))
                 return self.summarize_halves(start, (turns[:len(turns) // 2],
@@ -393,6 +400,10 @@ class _Job:
                 raise
             return self.reduce_halves(lines, template)
         if completion.finish_reason == "length":
+            looped = trim_loop(completion.text)
+            if looped is not None:
+                self.warn("a reduced part of the summary went into a loop; the repetition was cut off")
+                return clean_output(looped, template)
             if len(lines) > 1:
                 return self.reduce_halves(lines, template)
             self.warn(f"a reduced part of the summary was cut at "
@@ -402,6 +413,13 @@ class _Job:
     def reduce_halves(self, lines: list[str], template: str) -> list[str]:
         middle = len(lines) // 2
         return self.reduce_lines(lines[:middle], template) + self.reduce_lines(lines[middle:], template)
+
+
+def _turns_label(start: int, turns: Sequence[Turn]) -> str:
+    """'turns 3-10' or 'turn 3 (Speaker)', numbered from 1 like the warnings users read."""
+    if len(turns) == 1:
+        return f"turn {start + 1}" + (f" ({turns[0].speaker})" if turns[0].speaker else "")
+    return f"turns {start + 1}-{start + len(turns)}"
 
 
 def _halve_turns(turns: Sequence[Turn]) -> tuple[Sequence[Turn], Sequence[Turn]] | None:

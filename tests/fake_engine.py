@@ -51,6 +51,8 @@ FAULT_KINDS = (
     "malformed",       # 200 with a body that is not JSON
     "empty_choices",   # 200 with "choices": []
     "length",          # 200, output cut to `words` words (default 3), finish_reason "length"
+    "loop",            # 200, the answer's first line, then `phrase` repeated up to max_tokens:
+                       # a small model stuck in a loop; finish_reason "length"
 )
 
 
@@ -408,6 +410,11 @@ class _Handler(BaseHTTPRequestHandler):
         finish_reason = "stop"
         if kind == "length":   # cut mid-output, as an engine hitting max_tokens does
             text, finish_reason = _first_tokens(text, int(fault.get("words", 3))), "length"
+        elif kind == "loop":
+            first = text.splitlines()[0] if text else ""
+            phrase = str(fault.get("phrase", "et ainsi de suite,"))
+            text = _first_tokens(first + " " + " ".join([phrase] * max_tokens), max_tokens)
+            finish_reason = "length"
         elif count_tokens(text) > max_tokens:
             text, finish_reason = _first_tokens(text, max_tokens), "length"
         completion_tokens = count_tokens(text)

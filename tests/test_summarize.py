@@ -192,6 +192,23 @@ def test_a_cut_answer_is_retried_in_smaller_batches(fake_engine):
     assert result.warnings == []
 
 
+@pytest.mark.parametrize("fields", [2, 1])
+def test_an_answer_cut_in_a_loop_is_trimmed_not_redone_in_halves(fake_engine, fields):
+    """A model stuck repeating itself would loop again on smaller batches: one call per batch."""
+    turns = load_turns(FR_SMALL)
+    batches = len(chunking.plan_batches(turns, TEMPLATE_2 if fields == 2 else TEMPLATE_1, fields, make_flavor(),
+                                        WordTokenizer(), chunking.default_context_reserve(make_flavor())
+                                        if fields == 2 else 0))
+    fake_engine.add_fault("loop", phrase="et ainsi de suite,")
+    result = run(fake_engine, turns, fields=fields, concurrency=1)
+    requests = fake_engine.chat_requests()
+    assert len(requests) == batches and requests[0]["finish_reason"] == "length"
+    first = last_section_turns(requests[0]["prompt"])[0]
+    assert result.text.splitlines()[0] == f"{first[0]} : {' '.join(first[1].split()[:5])} et ainsi de suite,"
+    assert len(result.warnings) == 1 and "turns 1-4 went into a loop" in result.warnings[0]
+    assert_every_turn_sent_once_in_order(turns, sent_turns(requests))
+
+
 def test_a_single_turn_still_cut_is_kept_with_a_warning(fake_engine):
     turns = [Turn("Alice", "one two three four five six"), Turn("Bob", "seven eight")]
     fake_engine.add_fault("length", words=3)
