@@ -2,8 +2,9 @@
 browser (Debian's headless Chromium, driven by Selenium) queues a job on a running gateway.
 
 The browser test needs /usr/bin/chromium and /usr/bin/chromedriver (scripts/install_browser.sh
-installs them); without them it is skipped. It saves document/swagger.png, the README's picture
-of the Swagger UI with the answer.
+installs them); without them it is skipped. It saves a picture of the Swagger UI with the answer
+in its temporary folder, and refreshes document/swagger.png (the README's) only when
+LLM_GATEWAY_UPDATE_SCREENSHOT=1, so a test run leaves the checkout unchanged.
 """
 import base64
 import json
@@ -27,7 +28,7 @@ from tests.processes import FakeEngineProcess, Gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSCRIPT = os.path.join(ROOT, "tests", "data", "fr", "fr_small_an_qag_securite_alimentaire_2013-02-12.txt")
-SCREENSHOT = os.path.join(ROOT, "document", "swagger.png")
+README_SCREENSHOT = os.path.join(ROOT, "document", "swagger.png")
 GENERATE_OP = "operations-services-post_services__name__generate"  # Swagger UI's id for the operation
 # As root, on a machine with a closed network: no sandbox, and no background connections to Google.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -117,7 +118,7 @@ def save_screenshot(driver, top, bottom, path: str) -> None:
 
 
 @pytest.mark.slow
-def test_try_it_out_uploads_a_transcript_and_returns_a_job_id(gateway, browser):
+def test_try_it_out_uploads_a_transcript_and_returns_a_job_id(gateway, browser, tmp_path):
     """In Swagger UI: open POST /services/{name}/generate, Try it out, upload a file, Execute: 202 + jobId."""
     wait = WebDriverWait(browser, WAIT)
     browser.get(f"{gateway.url}/docs")
@@ -151,8 +152,11 @@ def test_try_it_out_uploads_a_transcript_and_returns_a_job_id(gateway, browser):
     job_id = body["jobId"]
 
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", body_pre)
+    update = os.environ.get("LLM_GATEWAY_UPDATE_SCREENSHOT") == "1"
+    screenshot = README_SCREENSHOT if update else str(tmp_path / "swagger.png")
     save_screenshot(browser, operation.find_element(By.CSS_SELECTOR, ".opblock-summary"),
-                    operation.find_element(By.CSS_SELECTOR, ".live-responses-table"), SCREENSHOT)
+                    operation.find_element(By.CSS_SELECTOR, ".live-responses-table"), screenshot)
+    assert os.path.getsize(screenshot) > 10_000          # a picture of the page, not an empty file
 
     result = requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
     assert result.status_code in (200, 202), result.text
