@@ -206,8 +206,12 @@ class _Job:
 
     # --- one engine call -----------------------------------------------------------------
 
-    def call(self, prompt: str) -> Completion:
-        """One completion with retries on transient errors; counts usage."""
+    def call(self, prompt: str | Callable[[], str]) -> Completion:
+        """One completion with retries on transient errors; counts usage.
+
+        `prompt` may be a function that builds it: it is then built inside each attempt, so an
+        engine that stops answering its /tokenize (used to fit the prompt) is retried too.
+        """
         def on_retry(attempt: int, max_retries: int, error: Exception) -> None:
             with self.lock:
                 spent = self.usage["retries"]
@@ -221,7 +225,8 @@ class _Job:
         def attempt() -> Completion:
             try:
                 return self.engine.complete(
-                    model=self.flavor.model, prompt=prompt, temperature=self.temperature,
+                    model=self.flavor.model, prompt=prompt() if callable(prompt) else prompt,
+                    temperature=self.temperature,
                     top_p=self.top_p, max_tokens=self.flavor.max_generation_length)
             except EngineError as error:
                 metrics.count_engine_error(error)
@@ -275,7 +280,7 @@ class _Job:
         is summarized (fields == 2: `lines` is the whole summary so far), to save a checkpoint.
         """
         try:
-            completion = self.call(self.turns_prompt(turns, prior))
+            completion = self.call(lambda: self.turns_prompt(turns, prior))
         except ContextOverflowError:
             halves = _halve_turns(turns)
             if halves is None:

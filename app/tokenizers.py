@@ -19,6 +19,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
+from app.engine import TransientEngineError
+
 logger = logging.getLogger(__name__)
 
 # A user message used to measure what a chat template adds around it.
@@ -153,7 +155,16 @@ class RemoteTokenizer(Tokenizer):
         self._overhead: int | None = None
 
     def _post(self, path: str, body: dict, timeout: float | None = None) -> dict:
-        resp = self._session.post(f"{self._root}{path}", json=body, timeout=timeout or self._timeout)
+        import requests
+
+        try:
+            resp = self._session.post(f"{self._root}{path}", json=body, timeout=timeout or self._timeout)
+        except requests.RequestException as exc:
+            # The engine restarting between two batches: a job retries this like a failed completion.
+            raise TransientEngineError(f"the engine's {path} did not answer ({type(exc).__name__})") from exc
+        if resp.status_code >= 500:
+            raise TransientEngineError(f"the engine's {path} answered {resp.status_code}",
+                                       status_code=resp.status_code)
         resp.raise_for_status()
         return resp.json()
 

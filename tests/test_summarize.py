@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from app import chunking
-from app.engine import PermanentEngineError, RetryPolicy, get_engine
+from app.engine import PermanentEngineError, RetryPolicy, TransientEngineError, get_engine
 from app.manifests import Flavor
 from app.summarize import JobInterrupted, clean_output, consolidate, summarize
 from app.tokenizers import RemoteTokenizer, Tokenizer
@@ -256,6 +256,32 @@ def test_transient_errors_are_retried_and_reported(fake_engine, fields):
 
     assert result.usage["retries"] == 2
     assert messages == ["engine unavailable, retrying (1/8)", "engine unavailable, retrying (2/8)"]
+    assert_every_turn_sent_once_in_order(turns, sent_turns(ok_requests(fake_engine)))
+
+
+def test_a_tokenize_failure_while_building_a_prompt_is_retried_like_a_failed_call(fake_engine):
+    """With fields == 2 a prompt's context is fitted with the engine's /tokenize: if the engine
+    restarts between two batches, that count fails, and the job retries instead of failing."""
+    class EngineRestarting(WordTokenizer):
+        armed, failures = False, 0
+
+        def count(self, text):
+            if self.armed and self.failures < 1:
+                self.failures += 1
+                raise TransientEngineError("the engine's /tokenize did not answer (ConnectionError)")
+            return super().count(text)
+
+    tokenizer = EngineRestarting()
+    turns = load_turns(FR_SMALL)
+    checkpoints = []
+
+    def on_checkpoint(progress, state):
+        checkpoints.append(progress)
+        tokenizer.armed = True             # after the first batch, the next prompt's context count fails
+
+    result = run(fake_engine, turns, tokenizer=tokenizer, on_checkpoint=on_checkpoint,
+                 retry_policy=RetryPolicy(max_retries=3))
+    assert tokenizer.failures == 1 and result.usage["retries"] == 1
     assert_every_turn_sent_once_in_order(turns, sent_turns(ok_requests(fake_engine)))
 
 

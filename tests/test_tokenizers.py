@@ -11,6 +11,7 @@ import pytest
 import sentencepiece
 
 from app import tokenizers
+from app.engine import TransientEngineError
 from app.manifests import Flavor
 from app.tokenizers import (CharEstimateTokenizer, HFTokenizer, RemoteTokenizer,
                             SentencePieceTokenizer, Tokenizer, get_tokenizer, server_root)
@@ -244,6 +245,22 @@ def test_engine_counts_are_cached_and_batched(engine):
     assert counts == [len(SP.encode(t)) for t in texts]
     assert len(handler.requests) == len(set(lines))  # one request per distinct text
     assert tok.count_many(lines) == counts[:30] and len(handler.requests) == len(set(lines))
+
+
+def test_an_engine_that_stops_answering_its_tokenize_raises_a_transient_error(engine):
+    """A job retries it like a failed completion (tests/test_summarize.py), instead of failing."""
+    kind, root, handler = engine
+    tok = get_tokenizer(flavor(), api_base=root)
+    assert tok.count("bonjour") > 0                     # the engine answers
+    dead = RemoteTokenizer(f"http://127.0.0.1:{_closed_port()}", kind, NOT_CACHED, timeout=2)
+    with pytest.raises(TransientEngineError, match="/tokenize did not answer"):
+        dead.count("une phrase jamais comptée")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]      # closed again when this returns: nothing listens there
 
 
 def test_server_root():
