@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install the gateway's Python dependencies. The Dockerfile and CI (.ci/run) both run this step.
+# Install the gateway's Python dependencies. The Dockerfile runs this step; so does CI, through
+# tests/test_image.py, which replays the Dockerfile without Docker.
 #   scripts/install.sh          runtime: requirements.txt
 #   scripts/install.sh --dev    also the test tools: requirements-dev.txt (which includes the first)
 # Extra pip options can be passed in PIP_INSTALL_OPTIONS (e.g. "--user"); PYTHON picks the interpreter.
