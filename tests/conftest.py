@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake OpenAI-compatible engine on an ephemeral loopback port."""
+"""Shared fixtures: the fake OpenAI-compatible engine on an ephemeral loopback port; job stores; deployments."""
 import pytest
 
 from tests.fake_engine import FakeEngine
@@ -19,3 +19,24 @@ def store_backend(request, tmp_path):
     yield backend
     if schema is not None:
         schema.close()
+
+
+DEPLOYMENTS = ["embedded", "scaled"]
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def deployment(request):
+    """Process-level tests using it run twice: embedded (`python3 -m app`: SQLite, the local runner) and
+    scaled (BROKER_URL + RESULT_DB_URL, two `python3 -m app worker`; skipped, saying why, without
+    RESULT_DB_URL_TEST and BROKER_URL_TEST). Pass it to Gateway(deployment=...)."""
+    from tests.store_backends import deployment_for
+    with deployment_for(request.param) as chosen:
+        yield chosen
+
+
+@pytest.fixture(scope="module", params=DEPLOYMENTS)
+def module_deployment(request):
+    """The same, for a module-scoped gateway (one store and one queue for the whole module)."""
+    from tests.store_backends import deployment_for
+    with deployment_for(request.param) as chosen:
+        yield chosen

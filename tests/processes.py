@@ -1,4 +1,12 @@
-"""Starting real processes for tests: the fake engine and `python3 -m app` (Gunicorn + runner)."""
+"""Starting real processes for tests: the fake engine and `python3 -m app`, deployed one of two ways.
+
+- embedded: `python3 -m app` alone (supervisor, Gunicorn, the local runner) on a SQLite file;
+- scaled: `python3 -m app` with BROKER_URL + RESULT_DB_URL (the web part only) and
+  `python3 -m app worker` processes that run the jobs (Celery on Redis, the store on PostgreSQL).
+
+`Gateway` starts, stops and kills the whole deployment: tests say what they check once and
+run against both (the `deployment` fixture in tests/conftest.py).
+"""
 from __future__ import annotations
 
 import os
@@ -7,8 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import requests
+
+from app.jobs import JobStore
 
 
 def free_port() -> int:
@@ -60,30 +71,123 @@ class FakeEngineProcess:
         self.proc.wait()
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """How a test deploys the gateway: "embedded" (SQLite + the local runner) or "scaled"
+    (`env` holds BROKER_URL, RESULT_DB_URL and short timeouts; `workers` worker processes run the jobs)."""
+
+    name: str = "embedded"
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 2
+
+    @property
+    def scaled(self) -> bool:
+        return self.name == "scaled"
+
+    @property
+    def job_role(self) -> str:
+        """The role of the processes that run jobs (the `role` of their log lines)."""
+        return "worker" if self.scaled else "runner"
+
+
+EMBEDDED = Deployment()
+
+
+class WorkerProcess:
+    """`python3 -m app worker` in its own process group (so kill -9 takes all of it, as a lost machine)."""
+
+    def __init__(self, tmp_path, name: str, api_base: str, services_dir: str, env: dict[str, str],
+                 max_concurrent_jobs: int = 2):
+        self.name = name
+        self.log_path = str(tmp_path / f"worker-{name}.log")
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "--api_base", api_base, "--services_dir", services_dir,
+             "--max_concurrent_jobs", str(max_concurrent_jobs)], env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs(self) -> str:
+        with open(self.log_path) as handle:
+            return handle.read()
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+# What decides the deployment: never inherited from the environment the tests run in.
+_DEPLOYMENT_ENV = ("BROKER_URL", "RESULT_DB_URL")
+
+
 class Gateway:
-    """The real `python3 -m app` (supervisor, Gunicorn workers, runner) in its own process group."""
+    """The real `python3 -m app` (supervisor, Gunicorn workers, and the runner or, scaled, worker processes)."""
 
     def __init__(self, tmp_path, api_base: str, services_dir: str = "services", workers: int = 2,
-                 port: int | None = None, env: dict[str, str] | None = None, db_path: str | None = None):
+                 port: int | None = None, env: dict[str, str] | None = None, db_path: str | None = None,
+                 deployment: Deployment = EMBEDDED):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp_path = tmp_path
+        self.api_base = api_base
+        self.services_dir = services_dir
+        self.deployment = deployment
         self.db_path = db_path or str(tmp_path / "results.sqlite")
         self.log_path = str(tmp_path / f"gateway-{self.port}.log")
         self.args = ["--api_base", api_base, "--service_port", str(self.port), "--workers", str(workers),
                      "--db_path", self.db_path, "--services_dir", services_dir, "--host", "127.0.0.1"]
-        self.env = dict(os.environ, **(env or {}))
+        base = {k: v for k, v in os.environ.items() if k not in _DEPLOYMENT_ENV}
+        self.env = {**base, **deployment.env, **(env or {})}      # the workers get the same settings
         self.proc: subprocess.Popen | None = None
+        self.workers: list[WorkerProcess] = []
+        self.log = None
+
+    @property
+    def store_location(self) -> str:
+        """Where the jobs are: the SQLite file, or RESULT_DB_URL (scaled)."""
+        return self.env.get("RESULT_DB_URL") or self.db_path
+
+    def store(self) -> JobStore:
+        """A JobStore on this deployment's jobs, for checks the API does not show (close it after)."""
+        return JobStore(self.store_location)
 
     def start(self, timeout: float = 60.0) -> "Gateway":
-        """Start and wait until every part answers (web up, runner beating)."""
+        """Start every process and wait until every part answers (web up, runner or a worker beating)."""
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the processes: `python3 -m app`, and the workers when scaled (each group its own session)."""
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "app", *self.args], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.deployment.scaled:
+            # Started at once with the web node: their metric files only appear at their first engine
+            # call, long after the supervisor has emptied PROMETHEUS_MULTIPROC_DIR at its start.
+            self.workers = [WorkerProcess(self.tmp_path, f"{self.port}-{i}", self.api_base, self.services_dir,
+                                          self.env) for i in range(self.deployment.workers)]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        # Workers beat as the runner, so `runner.alive` means some process will run the jobs.
         wait_until(lambda: requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200, timeout,
                    what="the gateway's /healthcheck")
         wait_until(lambda: requests.get(f"{self.url}/health", timeout=5).json()["runner"]["alive"], timeout,
                    what="the runner's heartbeat")
-        return self
+
+    @property
+    def processes(self) -> list[subprocess.Popen]:
+        """The leader of each process group: the supervisor, then the workers."""
+        return [self.proc, *(w.proc for w in self.workers)]
 
     def submit(self, service: str, path: str | None = None, text: str | None = None, **form) -> str:
         """POST a transcript (file upload or JSON content) and return the job id."""
@@ -108,31 +212,49 @@ class Gateway:
                           what=f"job {job_id} to finish")
 
     def logs(self) -> str:
+        """Every process's output: the web node's (supervisor, Gunicorn, runner), then each worker's."""
         with open(self.log_path) as handle:
-            return handle.read()
+            text = handle.read()
+        return text + "".join(worker.logs() for worker in self.workers)
 
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM the supervisor and wait for the whole group to exit."""
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        wait_until(lambda: not _group_alive(self.proc.pid), 15, what="all gateway processes to exit")
-        return code
+        """SIGTERM the supervisor and every worker at once and wait for them all to exit.
+
+        Returns 0 when every one exited 0, else the first other exit code."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = [proc.wait(timeout=max(0.1, deadline - time.monotonic())) for proc in self.processes]
+        wait_until(lambda: not any(_group_alive(p.pid) for p in self.processes), 15,
+                   what="all gateway processes to exit")
+        return next((code for code in codes if code), 0)
 
     def kill9(self) -> None:
-        """SIGKILL every process of the gateway at once (supervisor, Gunicorn master and workers, runner)."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        wait_until(lambda: not _group_alive(self.proc.pid), 15, what="all gateway processes to die")
+        """SIGKILL every process of the deployment at once (supervisor, Gunicorn, runner; the workers)."""
+        for proc in self.processes:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.processes:
+            proc.wait()
+        wait_until(lambda: not any(_group_alive(p.pid) for p in self.processes), 15,
+                   what="all gateway processes to die")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """Stop every process (SIGTERM, then SIGKILL what is left) and close the logs; safe after kill9."""
+        if self.proc is None:
+            return
+        if any(proc.poll() is None for proc in self.processes):
             try:
                 self.terminate(timeout=20)
             except Exception:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None and _group_alive(self.proc.pid):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+                pass
+        for proc in self.processes:
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         self.log.close()
+        for worker in self.workers:
+            worker.log.close()
 
 
 def _group_alive(pgid: int) -> bool:

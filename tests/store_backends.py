@@ -6,16 +6,21 @@ one is not set or does not answer, the tests that need it are skipped, saying wh
 `LLM_GATEWAY_REQUIRE_SERVICES=1` (CI) they fail instead, so a broken set-up cannot pass as skips.
 
 Each PostgreSQL test gets its own schema (`search_path` in the URL), dropped afterwards, so
-tests never see each other's jobs, even from processes they started.
+tests never see each other's jobs, even from processes they started. A scaled deployment
+(`deployment_for("scaled")`) also gets the Redis database flushed before and after.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 import uuid
 from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
+
+from tests.processes import EMBEDDED, Deployment
 
 PG_ENV = "RESULT_DB_URL_TEST"
 BROKER_ENV = "BROKER_URL_TEST"
@@ -107,3 +112,25 @@ def make_backend(name: str, tmp_path) -> tuple[StoreBackend, PostgresSchema | No
         return StoreBackend("sqlite", db_path, db_path), None
     schema = PostgresSchema(postgres_url_or_skip())
     return StoreBackend("postgresql", schema.url, db_path), schema
+
+
+@contextlib.contextmanager
+def deployment_for(name: str) -> Iterator[Deployment]:
+    """What a test hands to Gateway: "embedded", or "scaled" on a flushed Redis database and a fresh
+    PostgreSQL schema (both cleaned afterwards), with short timeouts so a dead worker's jobs come back
+    within seconds (VISIBILITY_TIMEOUT=10, JOB_LEASE=4). Skips (or fails in CI) without the servers."""
+    if name == "embedded":
+        yield EMBEDDED
+        return
+    broker = broker_url_or_skip()
+    schema = PostgresSchema(postgres_url_or_skip())
+    import redis
+    queue = redis.Redis.from_url(broker)
+    queue.flushdb()
+    try:
+        yield Deployment("scaled", {"BROKER_URL": broker, "RESULT_DB_URL": schema.url,
+                                    "VISIBILITY_TIMEOUT": "10", "JOB_LEASE": "4"})
+    finally:
+        queue.flushdb()      # no message of this test's jobs reaches the next test's workers
+        queue.close()
+        schema.close()

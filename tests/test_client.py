@@ -25,21 +25,18 @@ def engine():
 class KeyedGateway(Gateway):
     """The real gateway with a gateway key: its readiness probe sends the key."""
 
-    def start(self, timeout: float = 60.0) -> "KeyedGateway":
-        self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", *self.args], env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    def wait_ready(self, timeout: float = 60.0) -> None:
         wait_until(lambda: api(self, "GET", "/health").json()["runner"]["alive"], timeout,
                    what="the gateway and its runner")
-        return self
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, engine):
+def gateway(tmp_path_factory, engine, module_deployment):
+    """One gateway for the module's tests, embedded then scaled."""
     tmp = tmp_path_factory.mktemp("client")
     shutil.copytree("services", tmp / "services")
     gw = KeyedGateway(tmp, engine.base_url, services_dir=str(tmp / "services"), workers=2,
-                      env={"API_KEYS": KEY}).start()
+                      env={"API_KEYS": KEY}, deployment=module_deployment).start()
     yield gw
     gw.stop()
 

@@ -145,12 +145,13 @@ def test_a_stream_ends_when_its_worker_stops(app):
 
 
 @pytest.mark.slow
-def test_many_streams_under_gunicorn_with_two_workers(tmp_path):
+def test_many_streams_under_gunicorn_with_two_workers(tmp_path, deployment):
     """Six streams over two workers, three jobs: every stream sees its job through to complete."""
     services = tmp_path / "services"
     shutil.copytree("services", services)
     engine = FakeEngineProcess("--delay", "0.2")
-    gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+    gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2,
+                      deployment=deployment).start()
     try:
         text = "\n".join(f"Orateur {i % 3} : intervention numéro {i} sur le budget." for i in range(60))
         jobs = [gateway.submit("cra", text=text, flavor="smollm2-135m") for _ in range(3)]

@@ -9,9 +9,9 @@ from tests.processes import FakeEngineProcess, Gateway
 pytestmark = pytest.mark.slow
 
 
-def test_schemathesis_finds_no_5xx_and_responses_match_the_spec(tmp_path):
+def test_schemathesis_finds_no_5xx_and_responses_match_the_spec(tmp_path, deployment):
     engine = FakeEngineProcess()
-    gw = Gateway(tmp_path, engine.base_url, workers=2).start()
+    gw = Gateway(tmp_path, engine.base_url, workers=2, deployment=deployment).start()
     try:
         command = shutil.which("schemathesis") or shutil.which("st")
         assert command, "schemathesis is in requirements-dev.txt"

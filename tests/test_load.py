@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +20,9 @@ from tests.processes import FakeEngineProcess, Gateway
 pytestmark = pytest.mark.slow
 
 
-def test_1000_submissions_from_50_clients(tmp_path):
+def test_1000_submissions_from_50_clients(tmp_path, deployment):
     engine = FakeEngineProcess()
-    gw = Gateway(tmp_path, engine.base_url, workers=4).start()
+    gw = Gateway(tmp_path, engine.base_url, workers=4, deployment=deployment).start()
     try:
         sessions = threading.local()
 
@@ -65,7 +64,9 @@ def test_1000_submissions_from_50_clients(tmp_path):
             for r in readers:
                 r.result()
         took = time.monotonic() - started
-        rows = sqlite3.connect(gw.db_path).execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        store = gw.store()
+        rows = sum(store.count_by_status().values())
+        store.close()
         locked = gw.logs().count("database is locked")
         print(f"\nload: 1000 submissions from 50 clients in {took:.1f} s ({1000 / took:.0f}/s); "
               f"accepted {len(accepted)}, errors {len(errors)}, rows stored {rows}, "
@@ -79,11 +80,11 @@ def test_1000_submissions_from_50_clients(tmp_path):
         engine.stop()
 
 
-def test_100_manifest_edits_under_traffic(tmp_path):
+def test_100_manifest_edits_under_traffic(tmp_path, deployment):
     engine = FakeEngineProcess()
     folder = tmp_path / "services"
     shutil.copytree("services", folder)
-    gw = Gateway(tmp_path, engine.base_url, services_dir=str(folder), workers=2).start()
+    gw = Gateway(tmp_path, engine.base_url, services_dir=str(folder), workers=2, deployment=deployment).start()
     try:
         stop = threading.Event()
         statuses: list[int] = []

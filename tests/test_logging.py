@@ -137,12 +137,14 @@ def test_a_refused_request_gets_a_request_id_too(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_gateway_json_logs(tmp_path):
-    """LOG_FORMAT=json: every line of every process (Gunicorn's own too) is JSON; job lines carry the id."""
+def test_real_gateway_json_logs(tmp_path, deployment):
+    """LOG_FORMAT=json: every line of every process (Gunicorn's own, the workers' too) is JSON; job lines
+    carry the id."""
     services = tmp_path / "services"
     shutil.copytree("services", services)
     engine = FakeEngineProcess("--delay", "0.02")
-    gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), env={"LOG_FORMAT": "json"}).start()
+    gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), env={"LOG_FORMAT": "json"},
+                      deployment=deployment).start()
     try:
         job_id = gateway.submit("cred", FR_SMALL, flavor="smollm2-135m")
         assert gateway.wait_finished(job_id)["status"] == "complete"
@@ -159,9 +161,9 @@ def test_real_gateway_json_logs(tmp_path):
     assert not [line for line in others if re.match(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+.*\b(INFO|WARNING|ERROR)\b", line)]
     assert len(lines) > 10
     roles = {line["role"] for line in lines}
-    assert {"all", "web", "runner"} <= roles
+    assert {"all", "web", deployment.job_role} <= roles     # the runner, or (scaled) the workers
     assert any(line["logger"].startswith("gunicorn") for line in lines)
-    mentions = [line for line in lines if job_id in line["message"] and line["role"] == "runner"]
+    mentions = [line for line in lines if job_id in line["message"] and line["role"] == deployment.job_role]
     assert len(mentions) >= 2 and all(line["job_id"] == job_id for line in mentions)
     access = [line for line in lines if line["logger"] == "app.web.access"]
     assert access and all(line.get("request_id") for line in access)

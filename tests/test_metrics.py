@@ -50,8 +50,11 @@ def test_scrape_reads_jobs_and_queue_from_the_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_gateway_counts_calls_tokens_and_errors(tmp_path):
-    """Four jobs with injected faults, then one scrape: every series matches what the jobs report."""
+def test_real_gateway_counts_calls_tokens_and_errors(tmp_path, deployment):
+    """Four jobs with injected faults, then one scrape: every series matches what the jobs report.
+
+    Scaled, the workers count the engine calls: they share the web node's PROMETHEUS_MULTIPROC_DIR here
+    (one machine), so its /metrics shows their counters (README, "Scaling out")."""
     services = tmp_path / "services"
     shutil.copytree("services", services)
     metrics_dir = tmp_path / "metrics"
@@ -60,7 +63,7 @@ def test_real_gateway_counts_calls_tokens_and_errors(tmp_path):
     engine = FakeEngineProcess("--delay", "0.02")
     gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2,
                       env={"ENGINE_RETRIES": "2", "ENGINE_RETRY_DELAY": "0.05",
-                           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}).start()
+                           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, deployment=deployment).start()
     try:
         assert not (metrics_dir / "counter_999999.db").exists()
         results = {}

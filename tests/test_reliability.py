@@ -97,11 +97,11 @@ def test_retry_budget_spent_fails_with_a_clear_message(fake_engine, runner_for):
     assert job.status == "failed" and "503" in job.error
 
 
-def test_engine_restart_is_ridden_out_and_health_shows_it(tmp_path):
+def test_engine_restart_is_ridden_out_and_health_shows_it(tmp_path, deployment):
     """The engine goes away for a few seconds mid-job; the job says it is retrying, then completes."""
     engine = FakeEngineProcess("--delay", "0.2")
     port = engine.port
-    gw = Gateway(tmp_path, engine.base_url, env={"ENGINE_RETRY_DELAY": "0.5"}).start()
+    gw = Gateway(tmp_path, engine.base_url, env={"ENGINE_RETRY_DELAY": "0.5"}, deployment=deployment).start()
     try:
         job_id = gw.submit("cra", text=TEXT * 3, flavor="smollm2-135m")
         wait_until(lambda: gw.result(job_id)["progress"] > 0, 30, what="progress")
@@ -125,17 +125,20 @@ def test_engine_restart_is_ridden_out_and_health_shows_it(tmp_path):
         engine.stop()
 
 
-def test_kill_9_mid_job_resumes_from_the_last_batch(tmp_path):
-    """Count the engine's calls: after kill -9 and restart, at most the batch in flight is sent again."""
+def test_kill_9_mid_job_resumes_from_the_last_batch(tmp_path, deployment):
+    """Count the engine's calls: after kill -9 and restart, at most the batch in flight is sent again.
+
+    Scaled, the kill takes the web node and both workers; the job's unacknowledged message comes back
+    after VISIBILITY_TIMEOUT and a new worker takes the job over once its lease has run out."""
     engine = FakeEngineProcess("--delay", "0.3")
     try:
-        gw = Gateway(tmp_path, engine.base_url).start()
+        gw = Gateway(tmp_path, engine.base_url, deployment=deployment).start()
         text = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))  # 10 batches of 8
         job_id = gw.submit("cra", text=text, flavor="smollm2-135m")
         wait_until(lambda: gw.result(job_id)["progress"] >= 30, 60, what="progress >= 30")
         gw.kill9()
         sent_before = len(engine.chat_requests())
-        gw2 = Gateway(tmp_path, engine.base_url, port=gw.port, db_path=gw.db_path).start()
+        gw2 = Gateway(tmp_path, engine.base_url, port=gw.port, db_path=gw.db_path, deployment=deployment).start()
         try:
             result = gw2.wait_finished(job_id, timeout=90)
         finally:

@@ -13,7 +13,6 @@ Figures are printed (run with -s).
 """
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ from app.settings import Settings
 from app.summarize import summarize
 from app.worker import BUSY, FINISHED, RAN, REQUEUED, STOPPING, UNKNOWN, Worker
 from tests.manifest_factory import flavor, manifest, write_service
-from tests.processes import FakeEngineProcess, Gateway, wait_until
-from tests.store_backends import PostgresSchema, broker_url_or_skip, postgres_url_or_skip
+from tests.processes import FakeEngineProcess, Gateway, WorkerProcess, wait_until
+from tests.store_backends import deployment_for
 
 TEXT = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(24))
 
@@ -132,47 +131,11 @@ def test_worker_and_runner_roles_refuse_the_wrong_mode():
 # -- the real processes -------------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """`python3 -m app worker` in its own process group (so kill -9 takes all of it, as a lost machine)."""
-
-    def __init__(self, tmp_path, name: str, api_base: str, services_dir: str, env: dict[str, str]):
-        self.name = name
-        self.log_path = str(tmp_path / f"worker-{name}.log")
-        self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker", "--api_base", api_base, "--services_dir", services_dir,
-             "--max_concurrent_jobs", "2"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def logs(self) -> str:
-        with open(self.log_path) as handle:
-            return handle.read()
-
-    def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture
 def cluster_env():
     """BROKER_URL (a flushed Redis database) and RESULT_DB_URL (a fresh PostgreSQL schema), short timeouts."""
-    broker = broker_url_or_skip()
-    schema = PostgresSchema(postgres_url_or_skip())
-    import redis
-    redis.Redis.from_url(broker).flushdb()
-    env = dict(os.environ, BROKER_URL=broker, RESULT_DB_URL=schema.url, VISIBILITY_TIMEOUT="10", JOB_LEASE="4")
-    yield env
-    schema.close()
+    with deployment_for("scaled") as scaled:
+        yield dict(os.environ, **scaled.env)
 
 
 def test_kill_9_of_a_worker_mid_job_the_other_worker_resumes_it(tmp_path, cluster_env):

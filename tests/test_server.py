@@ -1,11 +1,12 @@
 """The real `python3 -m app`: Gunicorn with 2 workers, the runner process, a fake engine process.
 
 Submit → poll → complete; hot reload seen by every worker and the runner; kill -9 of the
-whole server with queued jobs, restart, every job completes; SIGTERM stops cleanly.
+whole server with queued jobs, restart, every job completes; SIGTERM stops cleanly. Each test
+runs embedded and scaled (web only + two `python3 -m app worker` on Redis and PostgreSQL),
+where "the runner" is the workers.
 """
 import itertools
 import shutil
-import sqlite3
 import time
 
 import pytest
@@ -35,8 +36,8 @@ def services(tmp_path):
 
 
 @pytest.fixture
-def gateway(tmp_path, engine, services):
-    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+def gateway(tmp_path, engine, services, deployment):
+    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, deployment=deployment).start()
     yield gw
     gw.stop()
 
@@ -65,11 +66,16 @@ def test_submit_poll_complete(gateway, engine):
     assert {r["model"] for r in engine.chat_requests()} == {"smollm2-135m"}
     json_job = gateway.submit("summary", text=open(EN_SMALL, encoding="utf-8").read(), flavor="smollm2-135m")
     assert gateway.wait_finished(json_job)["status"] == "complete"
+    if gateway.deployment.scaled:      # the web node ran nothing: a worker did (owner is host:pid:token)
+        assert "no local runner" in gateway.logs()
+        holder = next(job for job in stored_jobs(gateway) if job.id == job_id).owner
+        assert int(holder.split(":")[1]) in {worker.proc.pid for worker in gateway.workers}
 
 
-def test_the_engine_key_is_never_logged(tmp_path, engine, services):
+def test_the_engine_key_is_never_logged(tmp_path, engine, services, deployment):
     secret = "sk-test-very-secret-4242"
-    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), env={"OPENAI_API_TOKEN": secret}).start()
+    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), env={"OPENAI_API_TOKEN": secret},
+                 deployment=deployment).start()
     try:
         job_id = gw.submit("cred", FR_SMALL, flavor="smollm2-135m")
         assert gw.wait_finished(job_id)["status"] == "complete"
@@ -97,19 +103,21 @@ def test_hot_reload_reaches_every_worker_and_the_runner(gateway, services):
     assert codes == {404}
 
 
-def test_kill_9_with_queued_jobs_then_restart_completes_all(tmp_path, services):
+def test_kill_9_with_queued_jobs_then_restart_completes_all(tmp_path, services, deployment):
+    """Scaled, the kill takes the web node and both workers: the queued jobs' messages wait in Redis, the
+    running ones' come back after VISIBILITY_TIMEOUT and are claimed once their lease has run out."""
     engine = FakeEngineProcess("--delay", "0.3")
     try:
-        gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+        gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, deployment=deployment).start()
         ids = [gw.submit("cra", FR_SMALL, flavor="smollm2-135m") for _ in range(6)]
         wait_until(lambda: any(gw.result(i)["status"] == "processing" for i in ids), 30, what="a job to start")
         gw.kill9()
-        statuses = dict(sqlite3.connect(gw.db_path).execute("SELECT id, status FROM jobs").fetchall())
+        statuses = {job.id: job.status for job in stored_jobs(gw)}
         print(f"after kill -9: {sorted(statuses.values())}")
         assert set(statuses) == set(ids)
         assert "processing" in statuses.values() and "queued" in statuses.values()
         restarted = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, port=gw.port,
-                            db_path=gw.db_path).start()
+                            db_path=gw.db_path, deployment=deployment).start()
         try:
             results = [restarted.wait_finished(i, timeout=120) for i in ids]
         finally:
@@ -120,17 +128,40 @@ def test_kill_9_with_queued_jobs_then_restart_completes_all(tmp_path, services):
         engine.stop()
 
 
-def test_sigterm_stops_cleanly_and_requeues_the_running_job(tmp_path, services):
+def test_sigterm_stops_cleanly_and_requeues_the_running_job(tmp_path, services, deployment):
+    """SIGTERM: every process exits 0 and the running job goes back to the queue with its checkpoint; the
+    next start resumes it there. Scaled, SIGTERM goes to the web node and both workers at once, and "the
+    queue" is the store and a message published again, which the restarted workers must receive."""
     engine = FakeEngineProcess("--delay", "0.5")
     try:
-        gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2).start()
+        gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, deployment=deployment).start()
         long_text = "\n".join(f"Orateur {i % 5} : intervention numéro {i} sur le budget." for i in range(200))
-        job_id = gw.submit("cra", text=long_text, flavor="smollm2-135m")
+        job_id = gw.submit("cra", text=long_text, flavor="smollm2-135m")       # 25 batches of 8 turns
         wait_until(lambda: gw.result(job_id)["progress"] > 0, 60, what="the job to make progress")
         assert gw.terminate(timeout=60) == 0
-        row = sqlite3.connect(gw.db_path).execute("SELECT status, checkpoint, message FROM jobs WHERE id = ?",
-                                                  (job_id,)).fetchone()
-        assert row[0] == "queued" and row[1] is not None
-        assert "resume" in row[2]
+        job = next(job for job in stored_jobs(gw) if job.id == job_id)
+        assert job.status == "queued" and job.checkpoint is not None
+        assert "resume" in job.message
+        engine.control(delay=0)                          # the rest of the job need not be slow
+        restarted = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, port=gw.port,
+                            db_path=gw.db_path, deployment=deployment).start()
+        try:
+            result = restarted.wait_finished(job_id, timeout=60)
+        finally:
+            restarted.stop()
+        assert result["status"] == "complete", result
+        assert [l.split(" : ", 1)[1].split()[2] for l in result["summarization"].splitlines()] == \
+            [str(i) for i in range(200)]                 # every turn once, in order
+        assert len(engine.chat_requests()) <= 26         # resumed at its checkpoint: at most one batch again
     finally:
         engine.stop()
+
+
+def stored_jobs(gw):
+    """Every job in the deployment's store, read directly (its processes may all be dead)."""
+    store = gw.store()
+    try:
+        jobs, _ = store.list_jobs(limit=500)
+        return [store.get(job.id) for job in jobs]
+    finally:
+        store.close()
