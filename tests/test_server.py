@@ -87,20 +87,24 @@ def test_the_engine_key_is_never_logged(tmp_path, engine, services, deployment):
     assert secret not in gw.logs()
 
 
+def every_worker_answers(gateway, path: str, code: int) -> bool:
+    """30 fresh connections (spread over both Gunicorn workers) all get `code` for `path`."""
+    return {requests.get(f"{gateway.url}{path}", timeout=5, headers={"Connection": "close"}).status_code
+            for _ in range(30)} == {code}
+
+
 def test_hot_reload_reaches_every_worker_and_the_runner(gateway, services):
+    # How long a reload takes is printed, not asserted (a loaded machine stretches it).
+    started = time.monotonic()
     write_service(str(services), "newsvc", manifest(name="newsvc", fields=1))
-    time.sleep(2.0)
-    # Fresh connections spread over both workers; every one must know the new service.
-    codes = [requests.get(f"{gateway.url}/services/newsvc", timeout=5, headers={"Connection": "close"}).status_code
-             for _ in range(30)]
-    assert codes == [200] * 30
+    wait_until(lambda: every_worker_answers(gateway, "/services/newsvc", 200), 30, what="every worker to load it")
+    print(f"\nhot reload: every worker serves the new service {time.monotonic() - started:.2f} s after it was written")
     job_id = gateway.submit("newsvc", text="Alice : bonjour à tous\nBob : merci")
-    assert gateway.wait_finished(job_id)["status"] == "complete"
+    assert gateway.wait_finished(job_id)["status"] == "complete"       # the runner (or a worker) knows it too
+    started = time.monotonic()
     (services / "newsvc.json").unlink()
-    time.sleep(2.0)
-    codes = {requests.get(f"{gateway.url}/services/newsvc", timeout=5, headers={"Connection": "close"}).status_code
-             for _ in range(30)}
-    assert codes == {404}
+    wait_until(lambda: every_worker_answers(gateway, "/services/newsvc", 404), 30, what="every worker to drop it")
+    print(f"hot reload: every worker answers 404 {time.monotonic() - started:.2f} s after it was deleted")
 
 
 def test_kill_9_with_queued_jobs_then_restart_completes_all(tmp_path, services, deployment):
