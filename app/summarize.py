@@ -10,6 +10,7 @@ into a loop: app/loops.py), and the state after every batch is handed to
 from __future__ import annotations
 
 import contextvars
+import difflib
 import logging
 import queue
 import re
@@ -34,6 +35,8 @@ _FENCE = re.compile(r"^```[\w-]*\s*$")
 _MAX_REDUCE_PASSES = 8
 _POLL_SECONDS = 0.5     # how often the concurrent loop looks at should_stop while waiting
 _SLEEP_SLICE = 1.0      # backoff sleeps are cut in slices so a stop is not held up
+_FUZZY_ECHO = 0.9       # a line this similar to a template line (difflib ratio) is an echo
+_FUZZY_ECHO_MIN = 30    # ... if the template line is this long: short lines must match exactly
 
 
 class JobInterrupted(Exception):
@@ -94,15 +97,33 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
 
 def clean_output(text: str, template: str = "") -> list[str]:
     """The model's answer as summary lines: no wrapping code fence, no blank lines, stripped,
-    and no line that repeats a line of the prompt template word for word (small models echo
-    their instructions)."""
+    no line that repeats a line of the prompt template (small models echo their instructions,
+    sometimes with a letter changed), and no line twice in a row (a model stuttering)."""
     lines = text.strip().splitlines()
     if lines and _FENCE.match(lines[0].strip()):
         lines = lines[1:]
     if lines and lines[-1].strip() == "```":
         lines = lines[:-1]
-    echoed = {line.strip() for line in template.replace("{}", "").splitlines() if line.strip()}
-    return [line.strip() for line in lines if line.strip() and line.strip() not in echoed]
+    instructions = [line.strip() for line in template.replace("{}", "").splitlines() if line.strip()]
+    kept: list[str] = []
+    for line in (line.strip() for line in lines):
+        if line and not _echoes(line, instructions) and not (kept and kept[-1] == line):
+            kept.append(line)
+    return kept
+
+
+def _echoes(line: str, instructions: list[str]) -> bool:
+    """The line is one of the template's lines, word for word or nearly (a long line only)."""
+    for instruction in instructions:
+        if line == instruction:
+            return True
+        if len(instruction) >= _FUZZY_ECHO_MIN:
+            matcher = difflib.SequenceMatcher(None, line, instruction, autojunk=False)
+            # The two cheap upper bounds first: most lines differ at once in length or letters.
+            if (matcher.real_quick_ratio() >= _FUZZY_ECHO and matcher.quick_ratio() >= _FUZZY_ECHO
+                    and matcher.ratio() >= _FUZZY_ECHO):
+                return True
+    return False
 
 
 def consolidate(lines: list[str]) -> list[str]:

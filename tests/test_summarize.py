@@ -419,6 +419,13 @@ def test_echoed_template_lines_are_dropped(fake_engine):
     assert instruction in template.splitlines()
     assert clean_output(f"{instruction}\nAlice : bonjour\nNouvelles interventions à résumer :", template) \
         == ["Alice : bonjour"]
+    # Seen from SmolLM2-135M: a template line with a letter changed, and one line repeated.
+    mangled = "Fin du compte rendu déjà rédigé (pour la continuité, ne le répère pas) :"
+    assert mangled not in template and mangled.replace("répère", "répète") in template
+    assert clean_output(f"{mangled}\nAlice : bonjour\nAlice : bonjour\nBob : merci\nAlice : bonjour", template) \
+        == ["Alice : bonjour", "Bob : merci", "Alice : bonjour"]
+    assert clean_output("Alice : Tu rédiges le compte rendu analytique d'une réunion.", template) \
+        == ["Alice : Tu rédiges le compte rendu analytique d'une réunion."]      # quoting part of a line is fine
     fake_engine.reply = lambda prompt: f"{instruction}\nAlice : a dit bonjour"
     result = run(fake_engine, [Turn("Alice", "bonjour à tous")], template=template)
     assert result.text == "Alice : a dit bonjour"
