@@ -319,8 +319,7 @@ class _Job:
                 log.info("summarize: answer for turn %d (%d turns) cut; halving", start, len(turns))
                 return self.summarize_halves(start, (turns[:len(turns) // 2],
                                                      turns[len(turns) // 2:]), prior, on_half)
-            speaker = f" ({turns[0].speaker})" if turns[0].speaker else ""
-            self.warn(f"the summary of turn {start + 1}{speaker} was cut at "
+            self.warn(f"the summary of {_turns_label(start, turns)} was cut at "
                       f"{self.flavor.max_generation_length} tokens (maxGenerationLength); kept as is")
         return clean_output(completion.text, self.template)
 
@@ -341,6 +340,9 @@ class _Job:
 
     def run_in_order(self, batches, state: dict[str, Any]) -> list[str]:
         """fields == 2: batch after batch, each with the end of the summary so far."""
+        def save(upto: int, so_far: list[str]) -> None:
+            self.checkpoint({**state, "done": upto, "lines": list(so_far)}, upto)
+
         done = int(state.get("done", 0))
         lines = list(state.get("lines", []))
         self.advance(done)
@@ -350,13 +352,11 @@ class _Job:
                 continue                  # finished before the checkpoint
             self.check_stop()
             # A checkpoint falls inside a batch when the plan moved or the batch was halved
-            # (on_half below); skip the turns that are done.
+            # (on_half: save after its first half); skip the turns that are done.
             skip = max(0, done - batch.start)
-            lines += self.summarize_turns(batch.start + skip, batch.turns[skip:], lines,
-                                          on_half=lambda upto, so_far: self.checkpoint(
-                                              {**state, "done": upto, "lines": list(so_far)}, upto))
+            lines += self.summarize_turns(batch.start + skip, batch.turns[skip:], lines, on_half=save)
             done = end
-            self.checkpoint({**state, "done": done, "lines": list(lines)}, done)
+            save(done, lines)
         return lines
 
     def run_concurrently(self, batches, state: dict[str, Any], concurrency: int) -> list[str]:
