@@ -10,6 +10,7 @@ base image), the `useradd`/`chown` step (it changes the machine's users), USER, 
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -21,29 +22,27 @@ import pytest
 import requests
 
 from tests.processes import FakeEngineProcess, free_port, wait_until
-from tests.test_compose import ROOT, dockerfile
+from tests.test_compose import ROOT, dockerfile, dockerfile_env
 
 pytestmark = pytest.mark.slow
 
 
 def replay(root: str) -> tuple[dict[str, str], str, list[str], str]:
-    """Carry out the Dockerfile under `root`; return (ENV, WORKDIR, CMD, HEALTHCHECK command)."""
-    env: dict[str, str] = {}
+    """Carry out the Dockerfile under `root`; return (ENV, WORKDIR, CMD, HEALTHCHECK command).
+
+    ENV is read whole (tests/test_compose.py); its absolute paths are moved under `root`."""
+    inside = lambda path: os.path.join(root, path.lstrip("/"))     # noqa: E731 - an image path, here
+    env = {key: inside(value) if value.startswith("/") else value for key, value in dockerfile_env().items()}
     workdir = "/"
     cmd: list[str] = []
     healthcheck = ""
-    inside = lambda path: os.path.join(root, path.lstrip("/"))     # noqa: E731 - an image path, here
     for line in dockerfile().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         op, _, args = line.partition(" ")
         op, args = op.upper(), args.strip()
-        if op == "ENV":
-            for token in shlex.split(args):
-                key, _, value = token.partition("=")
-                env[key] = inside(value) if value.startswith("/") else value
-        elif op == "WORKDIR":
+        if op == "WORKDIR":
             workdir = args
             os.makedirs(inside(workdir), exist_ok=True)
         elif op == "COPY":
@@ -66,7 +65,7 @@ def replay(root: str) -> tuple[dict[str, str], str, list[str], str]:
             for folder in (word for word in shlex.split(args) if word.startswith("/var/")):
                 os.makedirs(inside(folder), exist_ok=True)      # the folders it makes, not its users
         elif op == "CMD":
-            cmd = shlex.split(args.replace("[", "").replace("]", "").replace(",", " "))
+            cmd = json.loads(args)                                     # the exec form: a JSON array
         elif op == "HEALTHCHECK":
             healthcheck = args.split(" CMD ", 1)[1]
     return env, inside(workdir), cmd, healthcheck
