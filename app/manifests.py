@@ -40,13 +40,14 @@ class Flavor:
 
 @dataclass(frozen=True)
 class Service:
-    """A loaded, validated service: its manifest, flavors and template location."""
+    """A loaded, validated service: its manifest, flavors, template location and validated template."""
 
     name: str
     fields: int
     flavors: tuple[Flavor, ...]
     template_path: str
     manifest_path: str
+    template: str = ""                                  # the template text as validated at load
     type: str = "summary"
     description: dict[str, str] = field(default_factory=dict)
     backend: str = "vLLM"
@@ -65,6 +66,9 @@ class ManifestError(ValueError):
 
 MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+# GET /services lists the services by name beside the key "errors" (the seed's shape): a service of
+# that name would hide the list of invalid files, or be hidden by it.
+RESERVED_NAMES = frozenset({"errors"})
 
 # manifest key -> (Flavor attribute, accepted types, required)
 FLAVOR_KEYS: dict[str, tuple[str, tuple[type, ...], bool]] = {
@@ -209,6 +213,8 @@ def load_service(manifest_path: str) -> Service:
     _check_type("manifest", "name", name, (str,))
     if not NAME_PATTERN.match(name):
         raise ManifestError(f"the service name {name!r} may only use letters, digits, '_' and '-'")
+    if name in RESERVED_NAMES:
+        raise ManifestError(f"the service name {name!r} is reserved (GET /services lists invalid files under it)")
     _check_type("manifest", "fields", data["fields"], (int,))
     if data["fields"] not in (1, 2):
         raise ManifestError("'fields' must be 1 (turns only) or 2 (previous summary, then turns)")
@@ -236,7 +242,7 @@ def load_service(manifest_path: str) -> Service:
     template_path = _inside(folder, stem + ".txt", "manifest")
     template = read_template(template_path, data["fields"])
     service = Service(name=name, fields=data["fields"], flavors=flavors, template_path=template_path,
-                      manifest_path=os.path.abspath(manifest_path), type=data.get("type", "summary"),
+                      manifest_path=os.path.abspath(manifest_path), template=template, type=data.get("type", "summary"),
                       description=description, backend=data.get("backend", "vLLM"), raw=data)
     for flavor in flavors:
         check_prompt_room(service, flavor, template)

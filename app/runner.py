@@ -145,8 +145,16 @@ class Runner:
         flavor = service.flavor(job.flavor)
         if flavor is None:
             raise JobFailed(f"the service '{job.service}' no longer has a flavor '{job.flavor}'")
-        # Templates are read at each job's start, so an edit applies to the next job.
-        template = read_template(service.template_path, service.fields)
+        # Templates are read at each job's start, so an edit applies to the next job. A template
+        # that is now missing or invalid does not fail the job: like a broken manifest, it leaves
+        # the last valid version (the one the registry validated) serving, and the job says so.
+        notes = []
+        try:
+            template = read_template(service.template_path, service.fields)
+        except ManifestError as exc:
+            template = service.template
+            notes.append(f"the template of '{service.name}' cannot be used ({exc}); the last valid version was used")
+            log.warning("runner: job %s: %s", job.id, notes[-1])
         turns = parse_transcript(job.input_text, job.input_name)
         try:
             result = self._run_flavor(job, service, flavor, template, turns, job.checkpoint)
@@ -169,6 +177,7 @@ class Runner:
                                    f" fallback flavor '{fallback.name}'")
             flavor = fallback
         result.usage["flavor"] = flavor.name
+        result.warnings[:0] = notes
         return result
 
     def _run_flavor(self, job: Job, service, flavor, template: str, turns, checkpoint):

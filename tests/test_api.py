@@ -113,9 +113,15 @@ def test_finished_jobs_answer_200(client, app):
     ("/services/one/generate", {"data": {"file": (b"", "empty.txt")}}, 400, ""),
     ("/services/one/generate", {"data": {"file": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "x.png")}}, 400, ""),
     ("/services/one/generate", {"data": {"file": (b"A : b\x00\x00c", "nul.txt")}}, 400, ""),
+    # Bytes that are neither UTF-8 nor Windows-1252 (0x81, 0x8d, 0x8f, 0x90, 0x9d are unassigned there).
+    ("/services/one/generate", {"data": {"file": (b"Alice : \x81\x8d\x8f\x90\x9d" * 20, "x.txt")}}, 400,
+     "neither UTF-8 nor Windows-1252"),
+    ("/services/one/generate", {"data": {"file": (b"  \r\n\t\n   ", "blank.txt")}}, 400, ""),
     ("/services/one/generate", {"data": {"file": (b"x" * (1024 * 1024 + 10), "big.txt")}}, 413, "1 MB"),
     ("/services/..%2F..%2Fetc/generate", {"json": {"content": "A : b"}}, 404, ""),
     ("/services/%2e%2e/generate", {"json": {"content": "A : b"}}, 404, ""),
+    ("/services/../generate", {"json": {"content": "A : b"}}, 404, ""),
+    ("/services/one/../../generate", {"json": {"content": "A : b"}}, 404, ""),
 ])
 def test_bad_submissions_get_a_clear_4xx(client, app, path, kwargs, status, needle):
     # Uploads are given as (bytes, name): a fresh file object for each store the test runs on.

@@ -32,6 +32,7 @@ def test_json_and_yaml_load_the_same(tmp_path):
     (manifest(fields=3), "'fields' must be 1"),
     (manifest(fields="2"), "'fields' must be an integer"),
     (manifest(name="../evil"), "may only use letters"),
+    (manifest(name="errors"), "is reserved"),
     (manifest(flavors=[]), "non-empty list"),
     (manifest(flavors=[flavor(temperature=3)]), "'temperature' must be between 0 and 2"),
     (manifest(flavors=[flavor(temperature=-1)]), "'temperature' must be between 0 and 2"),

@@ -73,15 +73,32 @@ def test_a_failing_job_never_stops_the_runner(setup, fake_engine):
 
 
 def test_template_is_read_at_each_job_start(setup, fake_engine):
-    runner, store, _, folder = setup
+    runner, store, registry, folder = setup
     (folder / "par.txt").write_text("VERSION TWO\n{}\n")
     job = store.create_job(service="par", flavor="f", input_text="A : bonjour")
-    drain(runner, store, [job])
+    drain(runner, store, [job])              # read at the job's start, before the registry reloads
     assert fake_engine.chat_requests()[-1]["prompt"].startswith("VERSION TWO\n")
-    (folder / "par.txt").write_text("broken {} {}")
-    job = store.create_job(service="par", flavor="f", input_text="A : bonjour")
-    failed = drain(runner, store, [job])[0]
-    assert failed.status == "failed" and "fields = 1" in failed.error
+    registry.reload()                        # the watcher's reload: VERSION TWO is the last valid template
+
+
+def test_a_broken_template_leaves_the_last_valid_version_serving(setup, fake_engine):
+    """Like a broken manifest, a broken or deleted template does not take the service down: jobs run
+    with the last template the registry validated, and say so."""
+    runner, store, registry, folder = setup
+    (folder / "par.txt").write_text("VERSION TWO\n{}\n")
+    registry.reload()
+    for breakage in ("broken {} {}", None):
+        if breakage is None:
+            (folder / "par.txt").unlink()
+        else:
+            (folder / "par.txt").write_text(breakage)
+        registry.reload()
+        assert registry.get("par").template == "VERSION TWO\n{}\n"     # kept, and the error is listed
+        assert any("par" in error["file"] for error in registry.snapshot.errors)
+        job = drain(runner, store, [store.create_job(service="par", flavor="f", input_text="A : bonjour")])[0]
+        assert job.status == "complete", job.error
+        assert fake_engine.chat_requests()[-1]["prompt"] == "VERSION TWO\nA : bonjour\n"
+        assert "the last valid version was used" in job.warnings[0]
 
 
 def test_runs_up_to_max_concurrent_jobs(setup, fake_engine):
