@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import hashlib
 import logging
 import queue
 import re
@@ -29,7 +30,7 @@ from app.transcript import Turn
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2    # 2: the checkpoint names the virtual turns it counts in ("turns")
 _SPEAKER_LINE = re.compile(r"^([^:\n]{1,100}?)\s*:(?:\s+(.*))?$")   # "12:30" is no speaker
 _FENCE = re.compile(r"^```[\w-]*\s*$")
 _MAX_REDUCE_PASSES = 8
@@ -72,7 +73,8 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
                                     context_reserve=reserve)
     job = _Job(template=template, fields=fields, flavor=flavor, tokenizer=tokenizer,
                engine=engine, temperature=temperature, top_p=top_p, reserve=reserve,
-               total=sum(len(b.turns) for b in batches), on_checkpoint=on_checkpoint,
+               total=sum(len(b.turns) for b in batches), turns_digest=digest_turns(batches),
+               on_checkpoint=on_checkpoint,
                on_message=on_message, should_stop=should_stop,
                policy=retry_policy or RetryPolicy(), sleep=sleep)
     job.job_retries = job_retries
@@ -93,6 +95,20 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
     if flavor.consolidate_summary:
         lines = consolidate(lines)
     return SummaryResult("\n".join(lines), job.usage_report(), list(job.warnings))
+
+
+def digest_turns(batches) -> str:
+    """A fingerprint of the virtual turns, in order: a checkpoint counts its progress in them.
+
+    The same transcript cut by another flavor (a fallback with another createNewTurnAfter or
+    tokenizer, an edited manifest) can give as many virtual turns cut elsewhere; resuming at
+    turn k of another cut would send some text twice and skip some."""
+    digest = hashlib.blake2b(digest_size=16)
+    for batch in batches:
+        for turn in batch.turns:
+            digest.update(turn.speaker.encode("utf-8", "surrogatepass") + b"\x1e"
+                          + turn.text.encode("utf-8", "surrogatepass") + b"\x1f")
+    return digest.hexdigest()
 
 
 def clean_output(text: str, template: str = "") -> list[str]:
@@ -147,11 +163,11 @@ class _Job:
     """One summarize() run: engine calls, usage, warnings, progress and checkpoints."""
 
     def __init__(self, *, template, fields, flavor, tokenizer, engine, temperature, top_p,
-                 reserve, total, on_checkpoint, on_message, should_stop, policy, sleep):
+                 reserve, total, turns_digest, on_checkpoint, on_message, should_stop, policy, sleep):
         self.template, self.fields, self.flavor = template, fields, flavor
         self.tokenizer, self.engine = tokenizer, engine
         self.temperature, self.top_p = temperature, top_p
-        self.reserve, self.total = reserve, total
+        self.reserve, self.total, self.turns_digest = reserve, total, turns_digest
         self.on_checkpoint, self.on_message, self.should_stop = on_checkpoint, on_message, should_stop
         self.policy, self.sleep = policy, sleep
         self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -211,12 +227,12 @@ class _Job:
 
     def resume_state(self, checkpoint: dict | None) -> dict[str, Any]:
         """The state to start from: the checkpoint if it belongs to this plan, else fresh."""
-        fresh = {"version": CHECKPOINT_VERSION, "fields": self.fields, "total": self.total}
+        fresh = {"version": CHECKPOINT_VERSION, "fields": self.fields, "total": self.total,
+                 "turns": self.turns_digest}
         if not checkpoint:
             return fresh
-        if (checkpoint.get("version"), checkpoint.get("fields"), checkpoint.get("total")) != (
-                CHECKPOINT_VERSION, self.fields, self.total):
-            self.post("the saved progress does not match this transcript; starting over")
+        if any(checkpoint.get(key) != value for key, value in fresh.items()):
+            self.post("the saved progress does not match this transcript as this flavor cuts it; starting over")
             return fresh
         with self.lock:
             for key, value in (checkpoint.get("usage") or {}).items():

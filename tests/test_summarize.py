@@ -351,9 +351,31 @@ def test_should_stop_is_checked_before_the_first_batch(fake_engine):
 def test_a_checkpoint_from_another_transcript_is_ignored(fake_engine):
     messages = []
     result = run(fake_engine, load_turns(FR_SMALL), on_message=messages.append,
-                 checkpoint={"version": 1, "fields": 2, "total": 9999, "done": 5000, "lines": ["x"]})
+                 checkpoint={"version": 2, "fields": 2, "total": 9999, "done": 5000, "lines": ["x"]})
     assert "starting over" in messages[0]
     assert not result.text.startswith("x")
+
+
+def test_a_checkpoint_of_the_same_transcript_cut_by_another_flavor_is_not_resumed(fake_engine):
+    """A fallback flavor (or an edited manifest) may cut the same turns into as many virtual turns,
+    at other places: resuming at turn k of the other cut would skip text. It starts over instead."""
+    sentence = "Un deux trois quatre cinq six sept huit neuf dix."
+    turns = [Turn("Alice", " ".join([sentence] * 10)), Turn("Bob", "Merci.")]
+    cut_at_60, cut_at_80 = make_flavor(create_new_turn_after=60, max_new_turns=1), \
+        make_flavor(create_new_turn_after=80, max_new_turns=1)
+    saved = []
+    with pytest.raises(JobInterrupted):
+        run(fake_engine, turns, flavor=cut_at_60, should_stop=lambda: bool(saved),
+            on_checkpoint=lambda progress, state: saved.append(json.loads(json.dumps(state))))
+    assert saved[-1]["done"] == 1 and saved[-1]["total"] == 3          # 60 + 40 words, then Bob
+
+    fake_engine.reset()
+    messages = []
+    run(fake_engine, turns, flavor=cut_at_80, checkpoint=saved[-1], on_message=messages.append)
+    assert any("starting over" in message for message in messages)
+    sent = sent_turns(fake_engine.chat_requests())                     # 80 + 20 words, then Bob
+    assert " ".join(text for speaker, text in sent if speaker == "Alice") == turns[0].text
+    assert len(sent) == 3
 
 
 # --- reduce and consolidate ----------------------------------------------------------------
