@@ -1,4 +1,8 @@
-"""Shared fixtures: the fake OpenAI-compatible engine on an ephemeral loopback port; job stores; deployments."""
+"""Shared fixtures: the fake OpenAI-compatible engine on an ephemeral loopback port; job stores; deployments.
+
+Also the "figures" section at the end of a run: what passing tests print (jobs lost, 5xx seen,
+retries, calls resent, reload times) is shown there, so CI's log carries the figures without `-s`.
+"""
 import pytest
 
 from tests.fake_engine import FakeEngine
@@ -40,3 +44,18 @@ def module_deployment(request):
     from tests.store_backends import deployment_for
     with deployment_for(request.param) as chosen:
         yield chosen
+
+
+FIGURES: list[tuple[str, str]] = []      # (test id, line) printed by passing tests
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and report.capstdout.strip():
+        FIGURES.extend((report.nodeid, line) for line in report.capstdout.strip().splitlines() if line.strip())
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("figures printed by the tests")
+        for nodeid, line in FIGURES:
+            terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {line}")

@@ -126,7 +126,8 @@ def test_kill_9_with_queued_jobs_then_restart_completes_all(tmp_path, services, 
             results = [restarted.wait_finished(i, timeout=120) for i in ids]
         finally:
             restarted.stop()
-        print(f"after restart: {[r['status'] for r in results]}")
+        lost = sum(r["status"] != "complete" for r in results)
+        print(f"after restart: {[r['status'] for r in results]}; jobs lost: {lost} of {len(ids)}")
         assert [r["status"] for r in results] == ["complete"] * 6
     finally:
         engine.stop()
