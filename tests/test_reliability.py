@@ -11,6 +11,7 @@ from app.jobs import JobStore
 from app.registry import ServiceRegistry
 from app.runner import Runner
 from app.settings import Settings
+from app.submissions import describe
 from tests.manifest_factory import flavor, manifest, write_service
 from tests.processes import FakeEngineProcess, Gateway, wait_until
 
@@ -178,6 +179,8 @@ def test_fallback_flavor_takes_over_when_the_engine_stays_down(tmp_path, fake_en
         assert job.usage["retries"] == 2  # the main flavor's retries are counted too
         assert any("fallback flavor 'backup'" in w for w in job.warnings)
         assert {r["model"] for r in fake_engine.chat_requests()} == {"backup-model"}
+        shown = describe(job)                     # what GET /results/<id> answers
+        assert (shown["flavor"], shown["producedBy"]) == ("main", "backup")
         assert len(job.result.splitlines()) == 24
         failed = run_to_end(runner, store, store.create_job(service="svc", flavor="nofallback", input_text=TEXT))
         assert failed.status == "failed" and "127.0.0.1:9" in failed.error
@@ -200,3 +203,38 @@ def test_the_job_retry_budget_bounds_all_calls_together(fake_engine, runner_for)
     print("job budget spent:", job.error)
     assert job.status == "failed" and "retry budget of 3 is spent" in job.error
     assert job.usage["retries"] == 3
+
+
+def test_per_flavor_engine_key_and_concurrency(tmp_path, fake_engine, monkeypatch):
+    """`apiKeyEnv` names the variable holding that flavor's engine key (others use --api_key), and
+    `maxConcurrentRequests` caps the calls in flight to it (a fields: 1 job would otherwise send 8)."""
+    monkeypatch.setenv("LLM_GATEWAY_TEST_ENGINE_KEY", "sk-flavor-key")
+    folder = tmp_path / "pf"
+    folder.mkdir()
+    write_service(str(folder), "svc", manifest(name="svc", fields=1, flavors=[
+        flavor("keyed", apiBase=fake_engine.base_url, apiKeyEnv="LLM_GATEWAY_TEST_ENGINE_KEY",
+               maxConcurrentRequests=2, maxNewTurns=1),
+        flavor("plain", maxNewTurns=1),
+    ]))
+    settings = Settings(db_path=str(tmp_path / "pf.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
+                        api_key="sk-global-key", engine_retries=0)
+    store = JobStore(settings.db_path)
+    store.init_schema()
+    registry = ServiceRegistry(str(folder))
+    registry.reload()
+    runner = Runner(settings, store, registry)
+    fake_engine.delay = 0.2                       # calls overlap long enough to be counted in flight
+    try:
+        job = run_to_end(runner, store, store.create_job(service="svc", flavor="keyed", input_text=TEXT))
+        keyed = fake_engine.chat_requests()
+        print(f"per-flavor engine: {len(keyed)} calls, at most {fake_engine.max_seen_in_flight} in flight")
+        assert job.status == "complete" and len(keyed) == 24
+        assert {r["authorization"] for r in keyed} == {"Bearer sk-flavor-key"}
+        assert fake_engine.max_seen_in_flight == 2
+        fake_engine.reset()
+        job = run_to_end(runner, store, store.create_job(service="svc", flavor="plain", input_text=TEXT))
+        assert job.status == "complete"
+        assert {r["authorization"] for r in fake_engine.chat_requests()} == {"Bearer sk-global-key"}
+        assert fake_engine.max_seen_in_flight > 2           # the default ENGINE_CONCURRENCY (8) applies
+    finally:
+        runner.shutdown(timeout=5)

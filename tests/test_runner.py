@@ -160,6 +160,19 @@ def test_purge_of_old_finished_jobs(setup):
     assert store.get(old) is None and store.get(recent) is not None
 
 
+def test_result_ttl_days_0_keeps_finished_jobs_forever(setup):
+    runner, store, registry, _ = setup
+    old = store.create_job(service="roll", flavor="f", input_text="A : b", now=0)
+    store.claim_next(now=1)
+    store.complete(old, "x", {}, now=2)
+    keeper = Runner(dataclasses.replace(runner.settings, result_ttl_days=0), store, registry)
+    try:
+        keeper.tick()
+    finally:
+        keeper.shutdown(timeout=5)
+    assert store.get(old).status == "complete"
+
+
 
 def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_engine):
     """Runner A freezes after two batches (no lease renewal); B takes the job over once the lease has run
