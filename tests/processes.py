@@ -132,7 +132,7 @@ _DEPLOYMENT_ENV = ("BROKER_URL", "RESULT_DB_URL")
 class Gateway:
     """The real `python3 -m app` (supervisor, Gunicorn workers, and the runner or, scaled, worker processes)."""
 
-    def __init__(self, tmp_path, api_base: str, services_dir: str = "services", workers: int = 2,
+    def __init__(self, tmp_path, api_base: str | None, services_dir: str = "services", workers: int = 2,
                  port: int | None = None, env: dict[str, str] | None = None, db_path: str | None = None,
                  deployment: Deployment = EMBEDDED):
         self.port = port or free_port()
@@ -143,8 +143,10 @@ class Gateway:
         self.deployment = deployment
         self.db_path = db_path or str(tmp_path / "results.sqlite")
         self.log_path = str(tmp_path / f"gateway-{self.port}.log")
-        self.args = ["--api_base", api_base, "--service_port", str(self.port), "--workers", str(workers),
-                     "--db_path", self.db_path, "--services_dir", services_dir, "--host", "127.0.0.1"]
+        # api_base None: the gateway's own default (--api_base http://localhost:9000/v1), as a newcomer runs it.
+        self.args = [*(["--api_base", api_base] if api_base else []), "--service_port", str(self.port),
+                     "--workers", str(workers), "--db_path", self.db_path, "--services_dir", services_dir,
+                     "--host", "127.0.0.1"]
         base = {k: v for k, v in os.environ.items() if k not in _DEPLOYMENT_ENV}
         self.env = {**base, **deployment.env, **(env or {})}      # the workers get the same settings
         self.proc: subprocess.Popen | None = None

@@ -187,6 +187,8 @@ def test_long_input_never_overflows_the_context(engine, tmp_path):
             time.sleep(1)
         seconds = time.monotonic() - started
         assert body["status"] != "failed", body.get("error", body)
+        # The engine's log must show the calls: a change in its log format must not pass on none.
+        assert statuses, "no chat completion found in the engine's log"
         assert "overflows; halving" not in gateway.logs(), "a batch went beyond the context"
     finally:
         if gateway.proc is not None and gateway.proc.poll() is None:
