@@ -1,6 +1,7 @@
 """The HTTP API through Flask's test client: routes, submissions, validation, one error shape, OpenAPI."""
 import io
 import json
+import re
 
 import pytest
 from openapi_spec_validator import validate
@@ -203,6 +204,40 @@ def test_health_reports_each_part(client, app):
     app.extensions["store"].beat("runner", {"pid": 1})
     assert client.get("/health").get_json()["runner"]["alive"] is True
     assert client.get("/healthcheck").status_code == 200
+
+
+def test_health_checks_every_engine_in_use(tmp_path, fake_engine, monkeypatch):
+    """The default engine and each flavor's apiBase are checked; an engine down makes the status
+    degraded; an address's user:password part and the keys never show."""
+    monkeypatch.setenv("HEALTH_TEST_KEY", "sk-health-secret")
+    folder = tmp_path / "hs"
+    folder.mkdir()
+    live = fake_engine.base_url.replace("http://", "http://user:pw-secret@")
+    write_service(str(folder), "svc", manifest(name="svc", flavors=[
+        flavor("local"), flavor("remote", apiBase=live, apiKeyEnv="HEALTH_TEST_KEY"),
+        flavor("gone", apiBase="http://127.0.0.1:9/v1")]))
+    settings = Settings(db_path=str(tmp_path / "h.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
+                        api_key="sk-default-secret")
+    registry = ServiceRegistry(str(folder))
+    registry.reload()
+    app = create_app(settings, registry=registry)
+    app.extensions["store"].beat("runner", {"pid": 1})
+    response = app.test_client().get("/health")
+    body = response.get_json()
+    engines = [(e["apiBase"], e["reachable"], e["flavors"]) for e in body["engine"]["engines"]]
+    assert engines == [(fake_engine.base_url, True, ["svc/local"]),          # the default
+                       (fake_engine.base_url, True, ["svc/remote"]),         # shown without user:pw
+                       ("http://127.0.0.1:9/v1", False, ["svc/gone"])]
+    assert body["engine"]["reachable"] is False and body["status"] == "degraded"
+    assert not re.search(r"secret", response.get_data(as_text=True))
+    write_service(str(folder), "svc", manifest(name="svc", flavors=[flavor("remote", apiBase=fake_engine.base_url)]))
+    registry.reload()                        # the engine nobody uses any more is not checked
+    body = app.test_client().get("/health").get_json()
+    assert [(e["apiBase"], e["flavors"]) for e in body["engine"]["engines"]] == [(fake_engine.base_url, ["svc/remote"])]
+    assert body["engine"]["reachable"] is True and body["status"] == "ok"
+    settings = Settings(db_path=str(tmp_path / "h.sqlite"), services_dir=str(folder), api_base="http://127.0.0.1:9/v1")
+    body = create_app(settings, registry=registry).test_client().get("/health").get_json()
+    assert body["status"] == "ok"            # a default engine no flavor uses does not make it degraded
 
 
 def test_invalid_manifest_is_listed_under_errors(tmp_path, services_dir, client, app):
