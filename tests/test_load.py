@@ -15,7 +15,7 @@ import requests
 
 from app.registry import load_folder
 from tests.manifest_factory import flavor, manifest, write_service
-from tests.processes import FakeEngineProcess, Gateway
+from tests.processes import FakeEngineProcess, Gateway, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +85,8 @@ def test_100_manifest_edits_under_traffic(tmp_path, deployment):
     folder = tmp_path / "services"
     shutil.copytree("services", folder)
     gw = Gateway(tmp_path, engine.base_url, services_dir=str(folder), workers=2, deployment=deployment).start()
+    stop = threading.Event()
     try:
-        stop = threading.Event()
         statuses: list[int] = []
 
         def traffic():
@@ -97,6 +97,14 @@ def test_100_manifest_edits_under_traffic(tmp_path, deployment):
                 statuses.append(s.post(f"{gw.url}/services/cra/generate", timeout=30,
                                        json={"content": "A : b", "flavor": "smollm2-135m"}).status_code)
 
+        def served_churn():
+            body = requests.get(f"{gw.url}/services", timeout=10).json()
+            return body.get("churn", {}).get("flavor", [{}])[0].get("name"), [e["file"] for e in body["errors"]]
+
+        # A valid first version, so that every half-written file has a last valid version to keep serving.
+        write_service(str(folder), "churn", manifest(name="churn", flavors=[flavor("v-first")]))
+        wait_until(lambda: served_churn() == ("v-first", []), 30, what="the first version of churn.json")
+        valid, held = {"v-first"}, []          # versions written whole so far; half-written files loaded
         threads = [threading.Thread(target=traffic) for _ in range(3)]
         for t in threads:
             t.start()
@@ -120,27 +128,44 @@ def test_100_manifest_edits_under_traffic(tmp_path, deployment):
             else:  # a half-written file, completed a moment later
                 text = json.dumps(data)
                 path.write_text(text[: len(text) // 2])
-                time.sleep(0.005)
+                if kinds["half"] % 3 == 1:
+                    # Every third one stays half-written past the debounce, so the workers do load it: it is
+                    # listed under errors while the last valid version keeps serving.
+                    wait_until(lambda: (lambda name, errors: name in valid and errors == ["churn.json"])(
+                        *served_churn()), 30, what="churn.json half-written, listed under errors, a valid version served")
+                    held.append(i)
+                else:
+                    time.sleep(0.005)
                 path.write_text(text)
+            valid.add(f"v{i}")
             time.sleep(rng.uniform(0, 0.03))
-        time.sleep(2.5)  # debounce + reload in every worker
         stop.set()
         for t in threads:
             t.join()
         on_disk = load_folder(str(folder))
-        served = {}
-        for _ in range(20):  # fresh connections reach both workers
-            body = requests.get(f"{gw.url}/services", timeout=10, headers={"Connection": "close"}).json()
-            served[json.dumps(body, sort_keys=True)] = body
+        expected = json.dumps({"errors": [], **{n: sv.raw for n, sv in on_disk.services.items()}}, sort_keys=True)
+
+        def views():  # fresh connections reach both workers
+            seen = {}
+            for _ in range(20):
+                body = requests.get(f"{gw.url}/services", timeout=10, headers={"Connection": "close"}).json()
+                seen[json.dumps(body, sort_keys=True)] = body
+            return seen
+
+        started = time.monotonic()
+        wait_until(lambda: set(views()) == {expected}, 30, interval=0.2, what="every worker to serve what is on disk")
+        served = views()
         five_xx = sum(1 for s in statuses if s >= 500)
-        print(f"\nchurn: 100 edits {kinds}, {len(statuses)} requests during them, 5xx: {five_xx}, "
-              f"distinct registry views after: {len(served)}")
-        assert five_xx == 0 and len(statuses) > 0
+        print(f"\nchurn: 100 edits {kinds}, {len(held)} half-written files loaded and listed while the last valid "
+              f"version served, {len(statuses)} requests during them, 5xx: {five_xx}, every worker equal to the disk "
+              f"{time.monotonic() - started:.1f} s after the last edit")
+        assert five_xx == 0 and len(statuses) > 0 and held
         assert len(served) == 1
         body = next(iter(served.values()))
         assert body["errors"] == [] and on_disk.errors == ()
         assert {k: v for k, v in body.items() if k != "errors"} == {n: s.raw for n, s in on_disk.services.items()}
         assert body["churn"]["flavor"][0]["name"] == "v99"
     finally:
+        stop.set()
         gw.stop()
         engine.stop()
