@@ -300,6 +300,35 @@ def test_gateway_keys(tmp_path, services_dir):
     assert protected.get("/healthcheck").status_code == 200
 
 
+@pytest.mark.parametrize("protect_docs", [False, True])
+def test_gateway_keys_guard_every_route(tmp_path, services_dir, protect_docs):
+    """Walk the URL map: with keys set, every route and method answers 401 without a key, but
+    /healthcheck (and the docs unless PROTECT_DOCS): a route added later is covered or this fails."""
+    settings = Settings(db_path=str(tmp_path / "k.sqlite"), services_dir=str(services_dir), api_keys="k1",
+                        protect_docs=protect_docs)
+    registry = ServiceRegistry(str(services_dir))
+    registry.reload()
+    app = create_app(settings, registry=registry)
+    client = app.test_client()
+    job_id = app.extensions["store"].create_job(service="one", flavor="small", input_text="A : b")
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        url = rule.rule.replace("<name>", "one").replace("<job_id>", job_id)
+        url = re.sub(r"<(?:path:)?[a-z_]+>", "x", url)
+        docs = rule.endpoint.startswith("flasgger.")     # Swagger UI, its assets, /openapi.json
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = client.open(url, method=method, json={"content": "A : b"} if method == "POST" else None)
+            if rule.rule == "/healthcheck" or (docs and not protect_docs):
+                assert response.status_code != 401, (method, url)
+            else:
+                assert_error(response, 401)
+                checked += 1
+    assert checked >= 9          # services, generate, results (list, one, delete, events), metrics, health...
+    assert app.extensions["store"].get(job_id).status == "queued"       # the refused DELETE changed nothing
+
+
 def test_cors_is_off_unless_configured(tmp_path, services_dir, client):
     assert "Access-Control-Allow-Origin" not in client.get("/services", headers={"Origin": "http://x.test"}).headers
     settings = Settings(db_path=str(tmp_path / "c.sqlite"), services_dir=str(services_dir),

@@ -12,7 +12,7 @@ from app.web.errors import error_response
 log = logging.getLogger(__name__)
 
 ALWAYS_OPEN = {"health.healthcheck"}
-DOCS = {"flasgger.apidocs", "flasgger.openapi", "flasgger.static", "flasgger.oauth_redirect"}
+DOCS_BLUEPRINT = "flasgger"      # the Swagger UI, its assets and redirects, and /openapi.json
 
 
 def load_keys(settings: Settings) -> list[bytes]:
@@ -38,12 +38,12 @@ def init_app(app: Flask, settings: Settings) -> None:
     keys = load_keys(settings)
     if not keys:
         return
-    open_endpoints = ALWAYS_OPEN | (set() if settings.protect_docs else DOCS)
+    docs_open = not settings.protect_docs
     log.info("auth: %d gateway key(s) loaded; requests need 'Authorization: Bearer <key>'", len(keys))
 
     @app.before_request
     def _require_key():
-        if request.endpoint in open_endpoints:
+        if request.endpoint in ALWAYS_OPEN or (docs_open and request.blueprint == DOCS_BLUEPRINT):
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
