@@ -193,6 +193,7 @@ class JobStore:
         self._select_cancel = select(j.c.cancel_requested).where(j.c.id == bindparam("job_id"))
         self._select_holder = select(j.c.status, j.c.owner).where(j.c.id == bindparam("job_id"))
         self._compiled: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+        self._readers = threading.local()      # SQLite: each thread's read connection (_read_sqlite)
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -254,6 +255,10 @@ class JobStore:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        reader = getattr(self._readers, "connection", None)
+        if reader is not None:
+            reader.close()
+        self._readers = threading.local()       # other threads' read connections close when collected
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -496,6 +501,8 @@ class JobStore:
         transaction around it: it reads one consistent snapshot on its own.
         """
         sql, positions = self._compile(statement)
+        if self.is_sqlite:
+            return self._read_sqlite(sql, positions, job_id)
         connection = self._get_engine().raw_connection()
         try:
             cursor = connection.cursor()
@@ -511,6 +518,22 @@ class JobStore:
         finally:
             connection.close()
         return dict(zip(names, row)) if row is not None else None
+
+    def _read_sqlite(self, sql: str, positions, job_id: str) -> dict[str, Any] | None:
+        """The SQLite read on a connection this thread keeps: a pool checkout and check-in (with
+        its reset) cost about as much as the query. Autocommit, so it holds no snapshot between reads."""
+        reader = getattr(self._readers, "connection", None)
+        if reader is None or self._readers.pid != os.getpid():
+            reader = self._readers.connection = self._get_engine().raw_connection()
+            self._readers.pid = os.getpid()
+        cursor = reader.cursor()
+        try:
+            params = {"job_id": job_id}
+            cursor.execute(sql, params if positions is None else tuple(params[name] for name in positions))
+            row = cursor.fetchone()
+            return dict(zip((d[0] for d in cursor.description), row)) if row is not None else None
+        finally:
+            cursor.close()
 
     def _compile(self, statement) -> tuple[str, tuple[str, ...] | None]:
         found = self._compiled.get(id(statement))
