@@ -238,3 +238,34 @@ def test_per_flavor_engine_key_and_concurrency(tmp_path, fake_engine, monkeypatc
         assert fake_engine.max_seen_in_flight > 2           # the default ENGINE_CONCURRENCY (8) applies
     finally:
         runner.shutdown(timeout=5)
+
+
+def test_a_failing_job_does_not_disturb_the_jobs_running_beside_it(tmp_path, fake_engine):
+    """Three jobs at once: one on a model the engine does not know (fails at once), one whose calls
+    meet 503s (retried), one plain; the two others complete whole, in order, unaffected."""
+    fake_engine.models = ("fake-model",)
+    fake_engine.delay = 0.05
+    folder = tmp_path / "side"
+    folder.mkdir()
+    write_service(str(folder), "svc", manifest(name="svc", fields=2, flavors=[
+        flavor("good", maxNewTurns=4), flavor("unknown", modelName="no-such-model", maxNewTurns=4)]))
+    settings = Settings(db_path=str(tmp_path / "side.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
+                        max_concurrent_jobs=3, engine_retry_delay=0.01)
+    store = JobStore(settings.db_path)
+    store.init_schema()
+    registry = ServiceRegistry(str(folder))
+    registry.reload()
+    runner = Runner(settings, store, registry)
+    fake_engine.add_fault("503", times=3)
+    try:
+        ids = [store.create_job(service="svc", flavor=name, input_text=TEXT) for name in ("unknown", "good", "good")]
+        assert runner.tick() == 3                  # all three run side by side
+        jobs = [run_to_end(runner, store, job_id) for job_id in ids]
+    finally:
+        runner.shutdown(timeout=5)
+    print("side by side:", [(j.flavor, j.status, j.usage and j.usage.get("retries")) for j in jobs])
+    assert jobs[0].status == "failed" and "no-such-model" in jobs[0].error
+    for job in jobs[1:]:
+        assert job.status == "complete", job.error
+        assert [line.split(" : ", 1)[0] for line in job.result.splitlines()] == [f"Orateur {i % 4}" for i in range(24)]
+    assert sum(j.usage["retries"] for j in jobs[1:]) >= 1      # the 503s landed on the good jobs and were retried
