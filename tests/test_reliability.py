@@ -23,10 +23,12 @@ def runner_for(tmp_path):
     """Build a tick-driven runner on a fake engine, with fast backoff."""
     made = []
 
-    def build(api_base, fields=2, **settings_overrides):
+    def build(api_base, fields=2, flavors=None, **settings_overrides):
+        """Service `svc` with `flavors` (default: one flavor `f`), on a runner with these settings."""
         folder = tmp_path / "services"
         folder.mkdir(exist_ok=True)
-        write_service(str(folder), "svc", manifest(name="svc", fields=fields, flavors=[flavor("f", maxNewTurns=4)]))
+        write_service(str(folder), "svc", manifest(name="svc", fields=fields,
+                                                   flavors=flavors or [flavor("f", maxNewTurns=4)]))
         settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), api_base=api_base,
                             engine_retry_delay=0.01, **settings_overrides)
         store = JobStore(settings.db_path)
@@ -154,43 +156,30 @@ def test_kill_9_mid_job_resumes_from_the_last_batch(tmp_path, deployment):
         engine.stop()
 
 
-def test_fallback_flavor_takes_over_when_the_engine_stays_down(tmp_path, fake_engine):
+def test_fallback_flavor_takes_over_when_the_engine_stays_down(fake_engine, runner_for):
     """Flavor `main` points at an engine that is down; after its retries the job goes on with `backup`."""
-    folder = tmp_path / "fb"
-    folder.mkdir()
-    data = manifest(name="svc", fields=2, flavors=[
+    runner, store = runner_for("http://127.0.0.1:9/v1", engine_retries=2, flavors=[
         flavor("main", apiBase="http://127.0.0.1:9/v1", fallbackFlavor="backup", maxNewTurns=4),
         flavor("backup", apiBase=fake_engine.base_url, modelName="backup-model", maxNewTurns=4),
         flavor("nofallback", apiBase="http://127.0.0.1:9/v1"),
         flavor("strict", apiBase=fake_engine.base_url, fallbackFlavor="backup"),
     ])
-    write_service(str(folder), "svc", data)
-    settings = Settings(db_path=str(tmp_path / "fb.sqlite"), services_dir=str(folder), engine_retries=2,
-                        engine_retry_delay=0.01, api_base="http://127.0.0.1:9/v1")
-    store = JobStore(settings.db_path)
-    store.init_schema()
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    runner = Runner(settings, store, registry)
-    try:
-        job = run_to_end(runner, store, store.create_job(service="svc", flavor="main", input_text=TEXT))
-        print("fallback:", job.status, job.usage, job.warnings)
-        assert job.status == "complete" and job.usage["flavor"] == "backup"
-        assert job.usage["retries"] == 2  # the main flavor's retries are counted too
-        assert any("fallback flavor 'backup'" in w for w in job.warnings)
-        assert {r["model"] for r in fake_engine.chat_requests()} == {"backup-model"}
-        shown = describe(job)                     # what GET /results/<id> answers
-        assert (shown["flavor"], shown["producedBy"]) == ("main", "backup")
-        assert len(job.result.splitlines()) == 24
-        failed = run_to_end(runner, store, store.create_job(service="svc", flavor="nofallback", input_text=TEXT))
-        assert failed.status == "failed" and "127.0.0.1:9" in failed.error
-        calls = len(fake_engine.chat_requests())
-        fake_engine.add_fault("404")  # a permanent (4xx) error never falls back
-        strict = run_to_end(runner, store, store.create_job(service="svc", flavor="strict", input_text=TEXT))
-        assert strict.status == "failed" and "does not know model" in strict.error
-        assert len(fake_engine.chat_requests()) == calls + 1
-    finally:
-        runner.shutdown(timeout=5)
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="main", input_text=TEXT))
+    print("fallback:", job.status, job.usage, job.warnings)
+    assert job.status == "complete" and job.usage["flavor"] == "backup"
+    assert job.usage["retries"] == 2  # the main flavor's retries are counted too
+    assert any("fallback flavor 'backup'" in w for w in job.warnings)
+    assert {r["model"] for r in fake_engine.chat_requests()} == {"backup-model"}
+    shown = describe(job)                     # what GET /results/<id> answers
+    assert (shown["flavor"], shown["producedBy"]) == ("main", "backup")
+    assert len(job.result.splitlines()) == 24
+    failed = run_to_end(runner, store, store.create_job(service="svc", flavor="nofallback", input_text=TEXT))
+    assert failed.status == "failed" and "127.0.0.1:9" in failed.error
+    calls = len(fake_engine.chat_requests())
+    fake_engine.add_fault("404")  # a permanent (4xx) error never falls back
+    strict = run_to_end(runner, store, store.create_job(service="svc", flavor="strict", input_text=TEXT))
+    assert strict.status == "failed" and "does not know model" in strict.error
+    assert len(fake_engine.chat_requests()) == calls + 1
 
 
 def test_the_job_retry_budget_bounds_all_calls_together(fake_engine, runner_for):
@@ -205,64 +194,40 @@ def test_the_job_retry_budget_bounds_all_calls_together(fake_engine, runner_for)
     assert job.usage["retries"] == 3
 
 
-def test_per_flavor_engine_key_and_concurrency(tmp_path, fake_engine, monkeypatch):
+def test_per_flavor_engine_key_and_concurrency(fake_engine, runner_for, monkeypatch):
     """`apiKeyEnv` names the variable holding that flavor's engine key (others use --api_key), and
     `maxConcurrentRequests` caps the calls in flight to it (a fields: 1 job would otherwise send 8)."""
     monkeypatch.setenv("LLM_GATEWAY_TEST_ENGINE_KEY", "sk-flavor-key")
-    folder = tmp_path / "pf"
-    folder.mkdir()
-    write_service(str(folder), "svc", manifest(name="svc", fields=1, flavors=[
+    runner, store = runner_for(fake_engine.base_url, fields=1, api_key="sk-global-key", engine_retries=0, flavors=[
         flavor("keyed", apiBase=fake_engine.base_url, apiKeyEnv="LLM_GATEWAY_TEST_ENGINE_KEY",
                maxConcurrentRequests=2, maxNewTurns=1),
         flavor("plain", maxNewTurns=1),
-    ]))
-    settings = Settings(db_path=str(tmp_path / "pf.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
-                        api_key="sk-global-key", engine_retries=0)
-    store = JobStore(settings.db_path)
-    store.init_schema()
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    runner = Runner(settings, store, registry)
+    ])
     fake_engine.delay = 0.2                       # calls overlap long enough to be counted in flight
-    try:
-        job = run_to_end(runner, store, store.create_job(service="svc", flavor="keyed", input_text=TEXT))
-        keyed = fake_engine.chat_requests()
-        print(f"per-flavor engine: {len(keyed)} calls, at most {fake_engine.max_seen_in_flight} in flight")
-        assert job.status == "complete" and len(keyed) == 24
-        assert {r["authorization"] for r in keyed} == {"Bearer sk-flavor-key"}
-        assert fake_engine.max_seen_in_flight == 2
-        fake_engine.reset()
-        job = run_to_end(runner, store, store.create_job(service="svc", flavor="plain", input_text=TEXT))
-        assert job.status == "complete"
-        assert {r["authorization"] for r in fake_engine.chat_requests()} == {"Bearer sk-global-key"}
-        assert fake_engine.max_seen_in_flight > 2           # the default ENGINE_CONCURRENCY (8) applies
-    finally:
-        runner.shutdown(timeout=5)
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="keyed", input_text=TEXT))
+    keyed = fake_engine.chat_requests()
+    print(f"per-flavor engine: {len(keyed)} calls, at most {fake_engine.max_seen_in_flight} in flight")
+    assert job.status == "complete" and len(keyed) == 24
+    assert {r["authorization"] for r in keyed} == {"Bearer sk-flavor-key"}
+    assert fake_engine.max_seen_in_flight == 2
+    fake_engine.reset()
+    job = run_to_end(runner, store, store.create_job(service="svc", flavor="plain", input_text=TEXT))
+    assert job.status == "complete"
+    assert {r["authorization"] for r in fake_engine.chat_requests()} == {"Bearer sk-global-key"}
+    assert fake_engine.max_seen_in_flight > 2           # the default ENGINE_CONCURRENCY (8) applies
 
 
-def test_a_failing_job_does_not_disturb_the_jobs_running_beside_it(tmp_path, fake_engine):
+def test_a_failing_job_does_not_disturb_the_jobs_running_beside_it(fake_engine, runner_for):
     """Three jobs at once: one on a model the engine does not know (fails at once), one whose calls
     meet 503s (retried), one plain; the two others complete whole, in order, unaffected."""
     fake_engine.models = ("fake-model",)
     fake_engine.delay = 0.05
-    folder = tmp_path / "side"
-    folder.mkdir()
-    write_service(str(folder), "svc", manifest(name="svc", fields=2, flavors=[
-        flavor("good", maxNewTurns=4), flavor("unknown", modelName="no-such-model", maxNewTurns=4)]))
-    settings = Settings(db_path=str(tmp_path / "side.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
-                        max_concurrent_jobs=3, engine_retry_delay=0.01)
-    store = JobStore(settings.db_path)
-    store.init_schema()
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    runner = Runner(settings, store, registry)
+    runner, store = runner_for(fake_engine.base_url, max_concurrent_jobs=3, flavors=[
+        flavor("good", maxNewTurns=4), flavor("unknown", modelName="no-such-model", maxNewTurns=4)])
     fake_engine.add_fault("503", times=3)
-    try:
-        ids = [store.create_job(service="svc", flavor=name, input_text=TEXT) for name in ("unknown", "good", "good")]
-        assert runner.tick() == 3                  # all three run side by side
-        jobs = [run_to_end(runner, store, job_id) for job_id in ids]
-    finally:
-        runner.shutdown(timeout=5)
+    ids = [store.create_job(service="svc", flavor=name, input_text=TEXT) for name in ("unknown", "good", "good")]
+    assert runner.tick() == 3                  # all three run side by side
+    jobs = [run_to_end(runner, store, job_id) for job_id in ids]
     print("side by side:", [(j.flavor, j.status, j.usage and j.usage.get("retries")) for j in jobs])
     assert jobs[0].status == "failed" and "no-such-model" in jobs[0].error
     for job in jobs[1:]:
