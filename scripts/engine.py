@@ -262,7 +262,7 @@ def ensure_vllm() -> None:
 
 
 def cpu_flags() -> str:
-    """The llama.cpp build is tuned for this CPU (-march=native): another CPU rebuilds it."""
+    """The llama.cpp build is made on and for this CPU (llamacpp_cpu_options): another CPU rebuilds it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -273,6 +273,21 @@ def cpu_flags() -> str:
     return os.uname().machine
 
 
+def llamacpp_cpu_options() -> list[str]:
+    """How llama.cpp is tuned for the CPU.
+
+    On x86-64 not with -march=native: on Intel CPUs with AMX (Sapphire Rapids and later), as the
+    machines here may be, that compiles ggml's AMX matrix kernels, and llama-server 0.3.36 then
+    dies with SIGSEGV in ggml_backend_amx_mul_mat at its first computation (seen here in a VM).
+    ggml's own x86-64 set without native (SSE4.2, AVX, AVX2, FMA, F16C, BMI2; no AVX-512, no
+    AMX) runs on those and on AMD EPYC alike. Elsewhere (ARM), native as before.
+    """
+    if os.uname().machine in ("x86_64", "AMD64"):
+        return ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
+                "-DGGML_AVX512=OFF"]
+    return ["-DGGML_NATIVE=ON"]
+
+
 def llama_server_bin() -> str:
     return path("llamacpp", "bin", "llama-server")
 
@@ -280,7 +295,7 @@ def llama_server_bin() -> str:
 def ensure_llamacpp() -> None:
     """llama.cpp's llama-server, compiled from the sources inside the llama-cpp-python sdist."""
     folder = path("llamacpp")
-    recipe = recipe_of(LLAMACPP_SDIST, cpu_flags(), "server-only static no-ui")
+    recipe = recipe_of(LLAMACPP_SDIST, cpu_flags(), "server-only static no-ui", *llamacpp_cpu_options())
     if is_ready(folder, recipe) and os.access(llama_server_bin(), os.X_OK):
         return
     if not shutil.which("cmake") or not (shutil.which("c++") or shutil.which("g++")):
@@ -305,7 +320,7 @@ def ensure_llamacpp() -> None:
         build = path("llamacpp", "build")
         with step("llamacpp: cmake configure"):
             run(["cmake", "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-                 "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DGGML_CCACHE=OFF",
+                 "-DBUILD_SHARED_LIBS=OFF", *llamacpp_cpu_options(), "-DGGML_CCACHE=OFF",
                  "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
                  "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",   # no web UI, no download
                  "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF"], logfile)

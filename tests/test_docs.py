@@ -39,3 +39,18 @@ def test_readme_has_the_install_and_test_commands_ci_runs():
     ci = open(".ci/run", encoding="utf-8").read()
     assert "python3 -m pip install" in ci and "requirements-dev.txt" in ci
     assert "python3 -m pytest" in ci
+
+
+def test_python_m_tests_runs_the_same_suite():
+    """The seed's test command: `python3 -m tests` collects exactly what `python3 -m pytest` does."""
+    import subprocess
+    import sys
+
+    def collected(*command):
+        out = subprocess.run([sys.executable, "-m", *command, "--collect-only", "-q", "-p", "no:cacheprovider"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return sorted(line for line in out.stdout.splitlines() if "::" in line)
+
+    via_tests = collected("tests")
+    assert via_tests and via_tests == collected("pytest")
