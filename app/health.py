@@ -1,7 +1,6 @@
 """The health report: database, services registry, job runner and engine."""
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,8 +35,7 @@ def engines_in_use(settings: Settings, services) -> dict[str, tuple[str, list[st
     engines: dict[str, tuple[str, list[str]]] = {}
     for service in sorted(services.values(), key=lambda s: s.name):
         for flavor in service.flavors:
-            base = flavor.api_base or settings.api_base
-            key = (os.environ.get(flavor.api_key_env) if flavor.api_key_env else None) or settings.api_key
+            base, key = flavor.engine(settings)     # flavors sharing an address: the first one's key
             engines.setdefault(base, (key, []))[1].append(f"{service.name}/{flavor.name}")
     return engines or {settings.api_base: (settings.api_key, [])}
 
@@ -45,8 +43,7 @@ def engines_in_use(settings: Settings, services) -> dict[str, tuple[str, list[st
 def _shown(api_base: str) -> str:
     """The engine's address without any user:password part (the report is public)."""
     parts = urlsplit(api_base)
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) \
-        if parts.hostname and "@" in parts.netloc else api_base
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def report(settings: Settings, store: JobStore, registry: ServiceRegistry, now: float | None = None) -> dict[str, Any]:

@@ -194,6 +194,7 @@ class JobStore:
         self._select_holder = select(j.c.status, j.c.owner).where(j.c.id == bindparam("job_id"))
         self._compiled: dict[int, tuple[str, tuple[str, ...] | None]] = {}
         self._readers = threading.local()      # SQLite: each thread's read connection (_read_sqlite)
+        self._reader_list: list[tuple[int, Any]] = []   # (pid, connection) of every thread, for close()
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -252,13 +253,15 @@ class JobStore:
 
     def close(self) -> None:
         """Close this process's connections."""
+        with self._lock:
+            readers, self._reader_list = self._reader_list, []
+            self._readers = threading.local()
+        for pid, reader in readers:
+            if pid == os.getpid():          # a forked child leaves its parent's connections alone
+                reader.close()              # back to the pool, which dispose() then closes
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-        reader = getattr(self._readers, "connection", None)
-        if reader is not None:
-            reader.close()
-        self._readers = threading.local()       # other threads' read connections close when collected
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -513,8 +516,7 @@ class JobStore:
                 names = [d[0] for d in cursor.description] if row is not None else []
             finally:
                 cursor.close()
-            if not self.is_sqlite:
-                connection.rollback()        # end the implicit transaction before the pool takes it back
+            connection.rollback()            # end the implicit transaction before the pool takes it back
         finally:
             connection.close()
         return dict(zip(names, row)) if row is not None else None
@@ -522,10 +524,13 @@ class JobStore:
     def _read_sqlite(self, sql: str, positions, job_id: str) -> dict[str, Any] | None:
         """The SQLite read on a connection this thread keeps: a pool checkout and check-in (with
         its reset) cost about as much as the query. Autocommit, so it holds no snapshot between reads."""
-        reader = getattr(self._readers, "connection", None)
-        if reader is None or self._readers.pid != os.getpid():
-            reader = self._readers.connection = self._get_engine().raw_connection()
-            self._readers.pid = os.getpid()
+        local = self._readers               # read once: close() may swap it meanwhile
+        reader = getattr(local, "connection", None)
+        if reader is None or getattr(local, "pid", None) != os.getpid():
+            reader = self._get_engine().raw_connection()
+            local.connection, local.pid = reader, os.getpid()
+            with self._lock:
+                self._reader_list.append((os.getpid(), reader))
         cursor = reader.cursor()
         try:
             params = {"job_id": job_id}

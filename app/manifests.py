@@ -37,6 +37,12 @@ class Flavor:
     max_concurrent_requests: int | None = None  # "maxConcurrentRequests"
     fallback_flavor: str | None = None       # "fallbackFlavor"
 
+    def engine(self, settings) -> tuple[str, str]:
+        """(api_base, api_key) this flavor's calls go to: its `apiBase` and the key in the variable
+        its `apiKeyEnv` names, else the gateway's --api_base and --api_key."""
+        api_key = (os.environ.get(self.api_key_env) if self.api_key_env else None) or settings.api_key
+        return self.api_base or settings.api_base, api_key
+
 
 @dataclass(frozen=True)
 class Service:
@@ -48,6 +54,8 @@ class Service:
     template_path: str
     manifest_path: str
     template: str = ""                                  # the template text as validated at load
+    # reduce_prompt file name -> its text as validated at load (flavors with reduceSummary)
+    reduce_templates: dict[str, str] = field(default_factory=dict)
     type: str = "summary"
     description: dict[str, str] = field(default_factory=dict)
     backend: str = "vLLM"
@@ -186,7 +194,7 @@ def parse_flavor(data: Any, index: int, folder: str) -> Flavor:
     if flavor.reduce_summary and not flavor.reduce_prompt:
         raise ManifestError(f"{where}: 'reduceSummary' needs 'reduce_prompt' (a template file)")
     if flavor.reduce_prompt:
-        read_template(_inside(folder, flavor.reduce_prompt, where), 1)
+        _inside(folder, flavor.reduce_prompt, where)       # read and checked by load_service
     return flavor
 
 
@@ -241,12 +249,30 @@ def load_service(manifest_path: str) -> Service:
     stem = os.path.splitext(os.path.basename(manifest_path))[0]
     template_path = _inside(folder, stem + ".txt", "manifest")
     template = read_template(template_path, data["fields"])
+    reduce_templates = {f.reduce_prompt: read_template(os.path.join(folder, f.reduce_prompt), 1)
+                        for f in flavors if f.reduce_prompt}
     service = Service(name=name, fields=data["fields"], flavors=flavors, template_path=template_path,
-                      manifest_path=os.path.abspath(manifest_path), template=template, type=data.get("type", "summary"),
+                      manifest_path=os.path.abspath(manifest_path), template=template,
+                      reduce_templates=reduce_templates, type=data.get("type", "summary"),
                       description=description, backend=data.get("backend", "vLLM"), raw=data)
     for flavor in flavors:
         check_prompt_room(service, flavor, template)
     return service
+
+
+def current_template(service: Service, reduce_prompt: str | None = None) -> tuple[str, str | None]:
+    """A service's template (or one of its reduce templates) as it is on disk now, and None; or, if
+    the file is now missing or invalid, the version validated when the service was loaded and a
+    note saying so. Like a broken manifest, a broken template leaves the last valid one serving."""
+    if reduce_prompt is None:
+        path, fields, kept = service.template_path, service.fields, service.template
+    else:
+        path, fields = os.path.join(os.path.dirname(service.template_path), reduce_prompt), 1
+        kept = service.reduce_templates[reduce_prompt]
+    try:
+        return read_template(path, fields), None
+    except ManifestError as exc:
+        return kept, f"the template of '{service.name}' cannot be used ({exc}); the last valid version was used"
 
 
 def check_prompt_room(service: Service, flavor: Flavor, template: str) -> None:

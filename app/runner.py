@@ -18,7 +18,7 @@ from app.chunking import BudgetError
 from app.engine import EngineError, RetryPolicy, TransientEngineError, get_engine
 from app.jobs import Job, JobStore, open_store
 from app.logs import job_context
-from app.manifests import ManifestError, read_template
+from app.manifests import ManifestError, current_template
 from app.registry import ServiceRegistry
 from app.settings import Settings
 from app.summarize import JobInterrupted, summarize
@@ -145,19 +145,13 @@ class Runner:
         flavor = service.flavor(job.flavor)
         if flavor is None:
             raise JobFailed(f"the service '{job.service}' no longer has a flavor '{job.flavor}'")
-        # Templates are read at each job's start, so an edit applies to the next job. A template
-        # that is now missing or invalid does not fail the job: like a broken manifest, it leaves
-        # the last valid version (the one the registry validated) serving, and the job says so.
-        notes = []
-        try:
-            template = read_template(service.template_path, service.fields)
-        except ManifestError as exc:
-            template = service.template
-            notes.append(f"the template of '{service.name}' cannot be used ({exc}); the last valid version was used")
-            log.warning("runner: job %s: %s", job.id, notes[-1])
+        # Templates are read at each job's start, so an edit applies to the next job; a template
+        # now missing or invalid leaves the last valid one serving (current_template).
+        template, note = current_template(service)
+        notes = [note] if note else []
         turns = parse_transcript(job.input_text, job.input_name)
         try:
-            result = self._run_flavor(job, service, flavor, template, turns, job.checkpoint)
+            result = self._run_flavor(job, service, flavor, template, turns, job.checkpoint, notes)
         except TransientEngineError as exc:
             # The retry budget is spent on an engine that does not answer: go on with the
             # fallback flavor (another engine or model). Never for 4xx-class errors.
@@ -169,7 +163,8 @@ class Runner:
             self.store.set_message(job.id, f"engine of flavor '{flavor.name}' unavailable; continuing on"
                                            f" fallback flavor '{fallback.name}'", owner=job.owner)
             latest = self.store.get(job.id)
-            result = self._run_flavor(job, service, fallback, template, turns, latest.checkpoint if latest else None)
+            result = self._run_flavor(job, service, fallback, template, turns, latest.checkpoint if latest else None,
+                                      notes)
             spent = getattr(exc, "usage", None) or {}
             for key in ("calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries"):
                 result.usage[key] = result.usage.get(key, 0) + spent.get(key, 0)
@@ -177,16 +172,20 @@ class Runner:
                                    f" fallback flavor '{fallback.name}'")
             flavor = fallback
         result.usage["flavor"] = flavor.name
+        for note in notes:
+            log.warning("runner: job %s: %s", job.id, note)
         result.warnings[:0] = notes
         return result
 
-    def _run_flavor(self, job: Job, service, flavor, template: str, turns, checkpoint):
-        """Summarize the turns with one flavor: its engine, tokenizer, sampling and budgets."""
+    def _run_flavor(self, job: Job, service, flavor, template: str, turns, checkpoint, notes: list[str]):
+        """Summarize the turns with one flavor: its engine, tokenizer, sampling and budgets (notes for
+        the user are added to `notes`)."""
         reduce_template = None
         if flavor.reduce_summary and flavor.reduce_prompt:
-            reduce_template = read_template(os.path.join(os.path.dirname(service.template_path), flavor.reduce_prompt), 1)
-        api_base = flavor.api_base or self.settings.api_base
-        api_key = (os.environ.get(flavor.api_key_env) if flavor.api_key_env else None) or self.settings.api_key
+            reduce_template, note = current_template(service, flavor.reduce_prompt)
+            if note:
+                notes.append(note)
+        api_base, api_key = flavor.engine(self.settings)
         concurrency = flavor.max_concurrent_requests or self.settings.engine_concurrency
         engine = get_engine(api_base, api_key, self.settings.engine_timeout, concurrency)
         tokenizer = get_tokenizer(flavor, api_base, api_key)

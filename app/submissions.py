@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from app.jobs import Job, JobStore
-from app.manifests import ManifestError, read_template
+from app.manifests import current_template
 from app.registry import ServiceRegistry
 from app.transcript import TranscriptError, decode_bytes, parse_transcript
 
@@ -65,10 +65,8 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
         params["temperature"] = temperature
     if top_p is not None:
         params["top_p"] = top_p
-    try:  # recorded with the job: what it was accepted with, whatever happens to the folder later
-        template = read_template(service.template_path, service.fields)
-    except ManifestError:
-        template = None
+    # Recorded with the job: what it was accepted with, whatever happens to the folder later.
+    template, _ = current_template(service)
     job_id = store.create_job(service=service.name, flavor=chosen.name, input_text=text, params=params,
                               input_name=filename, manifest=service.raw, template=template)
     if queue is not None:

@@ -280,9 +280,10 @@ def llamacpp_cpu_options() -> list[str]:
     machines here may be, that compiles ggml's AMX matrix kernels, and llama-server 0.3.36 then
     dies with SIGSEGV in ggml_backend_amx_mul_mat at its first computation (seen here in a VM).
     ggml's own x86-64 set without native (SSE4.2, AVX, AVX2, FMA, F16C, BMI2; no AVX-512, no
-    AMX) runs on those and on AMD EPYC alike. Elsewhere (ARM), native as before.
+    AMX) runs on those and on AMD EPYC alike. A CPU without AVX2, FMA or F16C (old, or a VM that
+    hides them), and other architectures (ARM), get the native build.
     """
-    if os.uname().machine in ("x86_64", "AMD64"):
+    if os.uname().machine in ("x86_64", "AMD64") and {"avx2", "fma", "f16c"} <= set(cpu_flags().split()):
         return ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
                 "-DGGML_AVX512=OFF"]
     return ["-DGGML_NATIVE=ON"]

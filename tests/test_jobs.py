@@ -166,3 +166,34 @@ def test_an_old_sqlite_database_gets_the_new_columns(tmp_path):
     job = store.claim_next()
     assert job.id == "old-1" and job.manifest is None and job.owner
     assert store.complete("old-1", "done", {}, owner=job.owner)
+
+
+def test_sqlite_polls_reuse_one_connection_per_thread_and_close_cleanly(tmp_path):
+    """Polls on SQLite read on a connection each thread keeps; close() closes them all, and the
+    store still answers afterwards (a new connection); the reads see other connections' writes."""
+    import threading
+
+    store = JobStore(str(tmp_path / "r.sqlite"))
+    store.init_schema()
+    job_id = store.create_job(service="cra", flavor="mixtral", input_text="A : b")
+    seen = []
+
+    def poll():
+        for _ in range(5):
+            seen.append(store.get(job_id, full=False).status)
+
+    threads = [threading.Thread(target=poll) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    poll()
+    assert seen == ["queued"] * 20
+    readers = [connection for _, connection in store._reader_list]
+    assert len(readers) == 4 and len({id(c) for c in readers}) == 4      # one per thread, reused
+    store.claim_next()                                  # a write on another connection is seen at once
+    assert store.get(job_id, full=False).status == "processing"
+    store.close()
+    assert store._reader_list == [] and all(c.dbapi_connection is None for c in readers)   # closed
+    assert store.get(job_id, full=False).status == "processing"        # reopened on demand
+    store.close()

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from app.manifests import ManifestError, load_service
+from app.manifests import ManifestError, current_template, load_service
 from app.registry import load_folder
 from tests.manifest_factory import flavor, manifest, write_service
 
@@ -117,6 +117,22 @@ def test_reduce_prompt_must_be_inside_and_have_one_field(tmp_path):
         load_service(write_service(str(tmp_path), "svc", data))
     (tmp_path / "reduce.txt").write_text("Summarize: {}")
     assert load_service(write_service(str(tmp_path), "svc", data)).flavors[0].reduce_summary
+
+
+def test_current_template_keeps_the_last_valid_version_of_each_template(tmp_path):
+    """The main template and a reduce template are read as they are now; broken or deleted, the
+    versions validated at load serve, with a note (the runner adds it to the job's warnings)."""
+    (tmp_path / "reduce.txt").write_text("Condense: {}")
+    data = manifest(fields=1, flavors=[flavor(reduceSummary=True, reduce_prompt="reduce.txt")])
+    service = load_service(write_service(str(tmp_path), "svc", data, template="Minutes: {}"))
+    (tmp_path / "svc.txt").write_text("Minutes, v2: {}")
+    assert current_template(service) == ("Minutes, v2: {}", None)
+    (tmp_path / "svc.txt").write_text("broken {} {}")
+    (tmp_path / "reduce.txt").unlink()
+    text, note = current_template(service)
+    assert text == "Minutes: {}" and "svc.txt has 2" in note and "last valid version" in note
+    text, note = current_template(service, "reduce.txt")
+    assert text == "Condense: {}" and "reduce.txt is missing" in note
 
 
 def test_prompt_room_is_counted_with_a_real_tokenizer(tmp_path):

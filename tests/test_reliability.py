@@ -233,4 +233,5 @@ def test_a_failing_job_does_not_disturb_the_jobs_running_beside_it(fake_engine, 
     for job in jobs[1:]:
         assert job.status == "complete", job.error
         assert [line.split(" : ", 1)[0] for line in job.result.splitlines()] == [f"Orateur {i % 4}" for i in range(24)]
-    assert sum(j.usage["retries"] for j in jobs[1:]) >= 1      # the 503s landed on the good jobs and were retried
+    # The three 503s went to whichever calls came first (the unknown model's too): each was retried once.
+    assert sum(j.usage["retries"] for j in jobs) == 3

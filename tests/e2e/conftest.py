@@ -30,6 +30,15 @@ SKIP_REASON = ("end-to-end tests against a real engine are off: set LLM_GATEWAY_
 REPORT: list[str] = []        # lines for the "e2e report" section
 
 
+def engine_module():
+    """scripts/engine.py as a module (it is a script, not a package): its paths, e.g. hf_model_dir()."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("llm_gateway_engine_script", ENGINE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def report(line: str) -> None:
     REPORT.append(line)
 

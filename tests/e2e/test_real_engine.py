@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from tests.e2e.conftest import ROOT, SERVICES_DIR, report
+from tests.e2e.conftest import KINDS, ROOT, SERVICES_DIR, engine_module, report
 from tests.processes import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -129,14 +129,14 @@ def test_gateway_token_count_matches_the_engine(engine):
     assert tokenizer.name.startswith(("vllm:", "llamacpp:")), tokenizer.name
     tokenizers = [tokenizer]
     # The flavor key `tokenizer` naming a local folder (the model's files, loaded offline) is measured
-    # against the engine too; the folder is the one scripts/engine.py prepared for vLLM.
-    folder = os.path.join(os.environ.get("LLM_GATEWAY_CACHE") or os.path.expanduser("~/.cache/llm-gateway"),
-                          "model", "smollm2-135m-instruct-hf")
+    # against the engine too; the folder is the one scripts/engine.py prepares for vLLM.
+    folder = engine_module().hf_model_dir()
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
         local = get_tokenizer(dataclasses.replace(flavor, tokenizer=folder), engine.api_base)
         assert local.name.startswith("hf:"), local.name
         tokenizers.append(local)
-    else:
+    else:      # prepared with vLLM only: a run on llama.cpp alone has no such folder
+        assert "vllm" not in KINDS, f"vLLM was prepared but {folder} has no tokenizer.json"
         report(f"[{engine.kind}] no prepared model folder at {folder}: the local tokenizer was not compared")
     with open(os.path.join(SERVICES_DIR, "summary.txt"), encoding="utf-8") as handle:
         template = handle.read()
