@@ -424,6 +424,26 @@ class JobStore:
             return conn.execute(update(self.jobs).where(self.jobs.c.status == PROCESSING).values(
                 status=QUEUED, message="queued again after a restart", updated_at=now, owner=None)).rowcount
 
+    def take_stalled(self, quiet_s: float, lease_s: float, now: float | None = None) -> list[str]:
+        """Jobs whose broker message may be lost, taken to be published again; returns their ids.
+
+        Queued jobs untouched for `quiet_s`, and processing jobs whose lease ran out `quiet_s`
+        ago (put back in the queue, checkpoint kept). One UPDATE ... RETURNING each, which also
+        stamps `updated_at`: among several workers exactly one gets each id, and a job comes
+        back at most once every `quiet_s`. A kill -9 between the broker handing a message out
+        and the worker recording it loses that message; the job stays in the store."""
+        now = time.time() if now is None else now
+        j = self.jobs
+        with self.transaction() as conn:
+            queued = conn.execute(update(j).where(j.c.status == QUEUED, j.c.cancel_requested == 0,
+                                                  j.c.updated_at < now - quiet_s)
+                                  .values(updated_at=now).returning(j.c.id)).scalars().all()
+            orphans = conn.execute(update(j).where(j.c.status == PROCESSING, j.c.updated_at < now - lease_s - quiet_s)
+                                   .values(status=QUEUED, owner=None, updated_at=now,
+                                           message="its worker stopped answering; queued again")
+                                   .returning(j.c.id)).scalars().all()
+        return [*queued, *orphans]
+
     def cancel(self, job_id: str, now: float | None = None) -> str | None:
         """Cancel a queued job at once, ask a processing one to stop, delete a finished one.
 

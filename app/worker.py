@@ -5,7 +5,8 @@ to (app/queue.py). Each worker process holds its own watched ServiceRegistry (th
 folder must be shared or synced) and runs a job exactly as the local runner does: it reuses
 `Runner.run_job`, so the pipeline, checkpoints, retries, fallbacks and cancellation are the
 same. `Worker.handle(job_id)` is what a delivered message does and `Worker.tick()` the
-housekeeping (heartbeat, lease renewal, purge); tests call both directly.
+housekeeping (heartbeat, lease renewal, purge, publishing again the jobs whose message was
+lost); tests call both directly.
 """
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ class Worker:
     """Runs delivered jobs with the Runner's pipeline; renews their leases while they run."""
 
     def __init__(self, settings: Settings, store: JobStore, registry: ServiceRegistry,
-                 summarize_fn: Callable = summarize):
+                 summarize_fn: Callable = summarize, publish: Callable[[str], None] | None = None):
         self.settings = settings
         self.store = store
         self.registry = registry
+        self.publish = publish          # hands a job id to the queue again (JobQueue.enqueue)
+        self._last_sweep = 0.0
         self.runner = Runner(settings, store, registry, summarize_fn)
         self.runner.beat_info = {"role": "worker", "host": socket.gethostname()}
         self._held: dict[str, str | None] = {}     # job id → owner token, for the jobs running here
@@ -93,10 +96,35 @@ class Worker:
         return len(self._held)
 
     def tick(self, now: float | None = None) -> None:
-        """Beat, renew the leases of the jobs running here, purge old finished jobs."""
+        """Beat, renew the leases of the jobs running here, purge old finished jobs, and publish
+        again the jobs whose message is lost."""
+        now = time.time() if now is None else now
         with self._lock:
             held = dict(self._held)
-        self.runner.housekeep(held, time.time() if now is None else now)
+        self.runner.housekeep(held, now)
+        if self.publish is not None and now - self._last_sweep >= self.sweep_every:
+            self._last_sweep = now
+            self.sweep(now)
+
+    @property
+    def sweep_every(self) -> float:
+        return max(1.0, min(30.0, self.settings.visibility_timeout / 2))
+
+    def sweep(self, now: float | None = None) -> int:
+        """Publish again the jobs nobody has touched for VISIBILITY_TIMEOUT (queued), or whose lease
+        ran out that long ago (processing): by then the broker has redelivered every message it
+        still has, so these have none (a worker killed as it took the message, a broker restarted
+        without its data). A duplicate is harmless: claims are atomic."""
+        ids = self.store.take_stalled(self.settings.visibility_timeout, self.settings.job_lease, now=now)
+        for job_id in ids:
+            try:
+                self.publish(job_id)
+            except Exception as exc:   # the job stays queued: the next sweep tries again
+                log.warning("worker: job %s could not be published again (%s: %s)", job_id, type(exc).__name__, exc)
+                continue
+            with job_context(job_id):
+                log.warning("worker: job %s had no message in the queue; published again", job_id)
+        return len(ids)
 
 
 def run_worker(settings: Settings) -> int:
@@ -108,8 +136,9 @@ def run_worker(settings: Settings) -> int:
     store = open_store(settings)
     store.init_schema()
     registry = ServiceRegistry(settings.services_dir, settings.reload_debounce).start()
-    worker = Worker(settings, store, registry)
-    celery = JobQueue(settings).celery
+    queue = JobQueue(settings)
+    worker = Worker(settings, store, registry, publish=queue.enqueue)
+    celery = queue.celery
 
     @celery.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
     def run_job(task, job_id: str) -> str:

@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+import requests
 
 from app.jobs import JobStore
 from app.queue import TASK_NAME, celery_config, make_celery
@@ -63,6 +64,41 @@ def test_a_delivered_job_runs_once_and_duplicates_do_nothing(worker_on, fake_eng
     worker.tick()
     beat = store.last_beat("runner")                   # /health sees the workers as the runner
     assert beat is not None and beat[1]["role"] == "worker"
+
+
+def test_jobs_whose_message_was_lost_are_published_again_once(worker_on):
+    """A message can be lost (a worker killed as the broker hands it out; a broker restarted without
+    its data): the job stays queued in the store. After VISIBILITY_TIMEOUT without a touch, one
+    worker's sweep publishes it again; so it does a processing job whose lease ran out that long ago."""
+    worker, store = worker_on
+    published = []
+    sweeper = Worker(worker.settings, store, worker.registry, publish=published.append)
+    other = Worker(worker.settings, store, worker.registry, publish=published.append)
+    quiet, lease = worker.settings.visibility_timeout, worker.settings.job_lease
+    t0 = time.time()
+    lost = store.create_job(service="svc", flavor="f", input_text=TEXT, now=t0)
+    fresh = store.create_job(service="svc", flavor="f", input_text=TEXT, now=t0 + quiet)
+    orphan = store.create_job(service="svc", flavor="f", input_text=TEXT, now=t0)
+    assert store.claim(orphan, lease_s=lease, now=t0, owner="gone:1:x") is not None     # its worker died
+    live = store.create_job(service="svc", flavor="f", input_text=TEXT, now=t0)
+    assert store.claim(live, lease_s=lease, now=t0, owner="alive:1:y") is not None
+    store.renew({live: "alive:1:y"}, now=t0 + quiet + lease)                              # its worker beats
+
+    assert sweeper.sweep(now=t0 + quiet + 1) == 1
+    assert published == [lost]                         # the orphan's lease ran out only `lease` ago
+    assert other.sweep(now=t0 + quiet + 2) == 0        # stamped: the other worker does not send it again
+    other.tick(now=t0 + quiet + lease + 1)             # housekeeping sweeps: the orphan's lease is `quiet` old
+    assert published == [lost, orphan]
+    late = store.create_job(service="svc", flavor="f", input_text=TEXT, now=t0)
+    other.tick(now=t0 + quiet + lease + 2)             # housekeeping sweeps once every sweep_every seconds
+    assert published == [lost, orphan]
+    other.tick(now=t0 + quiet + lease + 1 + other.sweep_every)
+    assert published == [lost, orphan, late]
+    assert store.get(orphan).status == "queued" and store.get(live).status == "processing"
+    assert fresh not in published
+    assert worker.handle(orphan) == RAN                # the new message runs it
+    print(f"lost messages: published again {published.count(lost)}x and {published.count(orphan)}x, "
+          f"live job left alone")
 
 
 def test_a_job_held_by_a_live_worker_is_left_alone_then_taken_over_from_its_checkpoint(worker_on, fake_engine):
@@ -226,4 +262,38 @@ def test_sigterm_of_a_worker_requeues_its_job_and_another_worker_resumes_it(tmp_
         for worker in (first, later):
             if worker is not None:
                 worker.stop()
+        engine.stop()
+
+
+def test_a_job_whose_message_the_broker_lost_is_published_again_and_completes(tmp_path, cluster_env):
+    """The broker loses the message of a stored job (here: Redis restarted without its data, by FLUSHDB,
+    before any worker took it). The job is in PostgreSQL; a worker's sweep publishes it again once it has
+    been quiet for VISIBILITY_TIMEOUT (10 s here), and it completes."""
+    import redis
+
+    services = tmp_path / "services"
+    shutil.copytree("services", services)
+    engine = FakeEngineProcess()
+    gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), env=cluster_env)
+    worker = None
+    try:
+        gateway.launch()          # the web node alone: no worker takes the message before it is lost
+        wait_until(lambda: requests.get(f"{gateway.url}/healthcheck", timeout=2).status_code == 200, 60,
+                   what="the web node")
+        text = "\n".join(f"Témoin {i % 3} : déposition {i}" for i in range(12))
+        job_id = gateway.submit("cred", text=text, flavor="smollm2-135m")
+        broker = redis.Redis.from_url(cluster_env["BROKER_URL"])
+        assert broker.llen("llm-gateway") == 1
+        broker.flushdb()
+        worker = WorkerProcess(tmp_path, "w", engine.base_url, str(services), cluster_env)
+        started = time.monotonic()
+        result = gateway.wait_finished(job_id, timeout=90)
+        print(f"\nscale: a message lost by the broker: the job was published again and complete "
+              f"{time.monotonic() - started:.1f} s after the worker started")
+        assert result["status"] == "complete" and len(result["summarization"].splitlines()) == 12
+        assert "published again" in worker.logs()
+    finally:
+        gateway.stop()
+        if worker is not None:
+            worker.stop()
         engine.stop()
