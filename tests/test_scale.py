@@ -297,3 +297,48 @@ def test_a_job_whose_message_the_broker_lost_is_published_again_and_completes(tm
         if worker is not None:
             worker.stop()
         engine.stop()
+
+
+def test_postgresql_without_a_broker_two_nodes_share_the_jobs_and_survive_a_kill_9(tmp_path, cluster_env):
+    """RESULT_DB_URL alone: each `python3 -m app` runs its local runner on the shared store (claims with
+    FOR UPDATE SKIP LOCKED). Two nodes, jobs submitted to both; the node running the long job is killed
+    with kill -9 (a machine lost); the other takes the job over once its lease has run out and resumes it
+    at its last finished batch. Every job completes, every turn once and in order."""
+    env = {k: v for k, v in cluster_env.items() if k not in ("BROKER_URL", "VISIBILITY_TIMEOUT")}
+    services = tmp_path / "services"
+    shutil.copytree("services", services)
+    engine = FakeEngineProcess("--delay", "0.3")
+    nodes = []
+    try:
+        for name in ("one", "two"):
+            folder = tmp_path / name
+            folder.mkdir()
+            nodes.append(Gateway(folder, engine.base_url, services_dir=str(services), env=env).start())
+        long_text = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))  # 10 batches of 8
+        long_id = nodes[0].submit("cra", text=long_text, flavor="smollm2-135m")
+        small_text = "\n".join(f"Témoin {i % 3} : déposition {i}" for i in range(12))
+        small_ids = [node.submit("cred", text=small_text, flavor="smollm2-135m") for node in nodes for _ in range(2)]
+        wait_until(lambda: nodes[1].result(long_id)["progress"] >= 30, 60, what="the long job's progress >= 30")
+        store = JobStore(env["RESULT_DB_URL"])
+        holder_pid = int(store.get(long_id).owner.split(":")[1])
+        victim = next(node for node in nodes if node.proc.pid == os.getpgid(holder_pid))   # its process group
+        survivor = next(node for node in nodes if node is not victim)
+        killed_at = time.monotonic()
+        victim.kill9()
+        sent_at_kill = _calls_for(engine, "intervention numéro")
+        result = survivor.wait_finished(long_id, timeout=90)
+        total = _calls_for(engine, "intervention numéro")
+        print(f"\nshared store, no broker: kill -9 of node {nodes.index(victim) + 1} after {sent_at_kill} calls; the "
+              f"other node completed the job {time.monotonic() - killed_at:.1f} s later; calls {total} for 10 batches")
+        assert result["status"] == "complete", result
+        assert [l.split(" : ", 1)[1] for l in result["summarization"].splitlines()] == \
+            [f"intervention numéro {i}" for i in range(80)]
+        assert total <= 11 and store.get(long_id).attempts == 2
+        for job_id in small_ids:
+            small = survivor.wait_finished(job_id, timeout=90)
+            assert small["status"] == "complete" and len(small["summarization"].splitlines()) == 12
+        store.close()
+    finally:
+        for node in nodes:
+            node.stop()
+        engine.stop()
