@@ -68,6 +68,6 @@ def report(settings: Settings, store: JobStore, registry: ServiceRegistry, now: 
         "database": {"ok": database_ok, "jobs": store.count_by_status() if database_ok else None},
         "registry": {"services": len(snapshot.services), "errors": list(snapshot.errors)},
         "runner": {"alive": runner_alive, "lastBeat": beat[0] if beat else None},
-        # reachable: every engine in use answers; engines: each one, the default first.
+        # reachable: every engine in use answers; engines: each one, with the flavors that call it.
         "engine": {"reachable": engine_up, "engines": engines},
     }

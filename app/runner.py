@@ -183,7 +183,7 @@ class Runner:
         reduce_template = None
         if flavor.reduce_summary and flavor.reduce_prompt:
             reduce_template, note = current_template(service, flavor.reduce_prompt)
-            if note:
+            if note and note not in notes:       # a fallback flavor may share the reduce prompt
                 notes.append(note)
         api_base, api_key = flavor.engine(self.settings)
         concurrency = flavor.max_concurrent_requests or self.settings.engine_concurrency
