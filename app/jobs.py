@@ -160,6 +160,18 @@ def redacted(location: str) -> str:
         return "***"
 
 
+def _fetch_by_id(connection, sql: str, positions: tuple[str, ...] | None, job_id: str) -> dict[str, Any] | None:
+    """One row of a compiled single-statement read (its one parameter is the job id), on a DBAPI connection."""
+    cursor = connection.cursor()
+    try:
+        params = {"job_id": job_id}
+        cursor.execute(sql, params if positions is None else tuple(params[name] for name in positions))
+        row = cursor.fetchone()
+        return dict(zip((d[0] for d in cursor.description), row)) if row is not None else None
+    finally:
+        cursor.close()
+
+
 def new_owner() -> str:
     """A claim token that also says which process holds the job: host:pid:random."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -528,18 +540,11 @@ class JobStore:
             return self._read_sqlite(sql, positions, job_id)
         connection = self._get_engine().raw_connection()
         try:
-            cursor = connection.cursor()
-            try:
-                params = {"job_id": job_id}
-                cursor.execute(sql, params if positions is None else tuple(params[name] for name in positions))
-                row = cursor.fetchone()
-                names = [d[0] for d in cursor.description] if row is not None else []
-            finally:
-                cursor.close()
+            row = _fetch_by_id(connection, sql, positions, job_id)
             connection.rollback()            # end the implicit transaction before the pool takes it back
         finally:
             connection.close()
-        return dict(zip(names, row)) if row is not None else None
+        return row
 
     def _read_sqlite(self, sql: str, positions, job_id: str) -> dict[str, Any] | None:
         """The SQLite read on a connection this thread keeps: a pool checkout and check-in (with
@@ -551,14 +556,7 @@ class JobStore:
             local.connection, local.pid = reader, os.getpid()
             with self._lock:
                 self._reader_list.append((os.getpid(), reader))
-        cursor = reader.cursor()
-        try:
-            params = {"job_id": job_id}
-            cursor.execute(sql, params if positions is None else tuple(params[name] for name in positions))
-            row = cursor.fetchone()
-            return dict(zip((d[0] for d in cursor.description), row)) if row is not None else None
-        finally:
-            cursor.close()
+        return _fetch_by_id(reader, sql, positions, job_id)
 
     def _compile(self, statement) -> tuple[str, tuple[str, ...] | None]:
         found = self._compiled.get(id(statement))

@@ -149,11 +149,17 @@ def test_shutdown_requeues_the_running_job_with_its_checkpoint(setup, fake_engin
     assert len(fake_engine.chat_requests()) - calls_before < 10
 
 
-def test_purge_of_old_finished_jobs(setup):
-    runner, store, _, _ = setup
+def finished_long_ago(store) -> str:
+    """A job that finished at the epoch's second second: older than any RESULT_TTL_DAYS."""
     old = store.create_job(service="roll", flavor="f", input_text="A : b", now=0)
     store.claim_next(now=1)
     store.complete(old, "x", {}, now=2)
+    return old
+
+
+def test_purge_of_old_finished_jobs(setup):
+    runner, store, _, _ = setup
+    old = finished_long_ago(store)
     recent = store.create_job(service="roll", flavor="f", input_text="A : b")
     runner.tick()
     assert store.get(old) is None and store.get(recent) is not None
@@ -161,9 +167,7 @@ def test_purge_of_old_finished_jobs(setup):
 
 def test_result_ttl_days_0_keeps_finished_jobs_forever(setup):
     runner, store, registry, _ = setup
-    old = store.create_job(service="roll", flavor="f", input_text="A : b", now=0)
-    store.claim_next(now=1)
-    store.complete(old, "x", {}, now=2)
+    old = finished_long_ago(store)
     keeper = Runner(dataclasses.replace(runner.settings, result_ttl_days=0), store, registry)
     try:
         keeper.tick()

@@ -31,6 +31,16 @@ from tests.processes import FakeEngineProcess, Gateway, WorkerProcess, wait_unti
 from tests.store_backends import deployment_for
 
 TEXT = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(24))
+# The real-process tests: a long cra job (10 batches of 8 with smollm2-135m) and small cred jobs.
+LONG_TEXT = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))
+SMALL_TEXT = "\n".join(f"Témoin {i % 3} : déposition {i}" for i in range(12))
+
+
+def assert_long_job_whole(result: dict) -> None:
+    """The long job completed with every turn once, in order."""
+    assert result["status"] == "complete", result
+    assert [l.split(" : ", 1)[1] for l in result["summarization"].splitlines()] == \
+        [f"intervention numéro {i}" for i in range(80)]
 
 
 @pytest.fixture
@@ -183,10 +193,8 @@ def test_kill_9_of_a_worker_mid_job_the_other_worker_resumes_it(tmp_path, cluste
     gateway = None
     try:
         gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), env=cluster_env).start()
-        long_text = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))  # 10 batches of 8
-        long_id = gateway.submit("cra", text=long_text, flavor="smollm2-135m")
-        small_text = "\n".join(f"Témoin {i % 3} : déposition {i}" for i in range(12))
-        small_ids = [gateway.submit("cred", text=small_text, flavor="smollm2-135m") for _ in range(3)]
+        long_id = gateway.submit("cra", text=LONG_TEXT, flavor="smollm2-135m")
+        small_ids = [gateway.submit("cred", text=SMALL_TEXT, flavor="smollm2-135m") for _ in range(3)]
         wait_until(lambda: gateway.result(long_id)["progress"] >= 30, 60, what="the long job's progress >= 30")
         store = JobStore(cluster_env["RESULT_DB_URL"])
         holder_pid = int(store.get(long_id).owner.split(":")[1])
@@ -204,9 +212,7 @@ def test_kill_9_of_a_worker_mid_job_the_other_worker_resumes_it(tmp_path, cluste
         print(f"\nscale: kill -9 of worker {victim.name} at {taken.progress}%: calls before {sent_at_kill}, "
               f"taken over by worker {survivor.name} after {took_over:.1f} s, complete after {finished:.1f} s; "
               f"calls {total} for 10 batches (resent {total - 10})")
-        assert result["status"] == "complete", result
-        assert [l.split(" : ", 1)[1] for l in result["summarization"].splitlines()] == \
-            [f"intervention numéro {i}" for i in range(80)]        # every turn once, in order
+        assert_long_job_whole(result)
         assert total <= 11                                          # at most the batch in flight is sent again
         final = store.get(long_id)
         assert int(final.owner.split(":")[1]) == survivor.proc.pid and final.attempts == 2
@@ -239,8 +245,7 @@ def test_sigterm_of_a_worker_requeues_its_job_and_another_worker_resumes_it(tmp_
     gateway = None
     try:
         gateway = Gateway(tmp_path, engine.base_url, services_dir=str(services), env=cluster_env).start()
-        text = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))  # 10 batches of 8
-        job_id = gateway.submit("cra", text=text, flavor="smollm2-135m")
+        job_id = gateway.submit("cra", text=LONG_TEXT, flavor="smollm2-135m")
         wait_until(lambda: gateway.result(job_id)["progress"] >= 30, 60, what="progress >= 30")
         first.stop()
         assert first.proc.returncode == 0
@@ -252,9 +257,7 @@ def test_sigterm_of_a_worker_requeues_its_job_and_another_worker_resumes_it(tmp_
         total = _calls_for(engine, "intervention numéro")
         print(f"\nscale: SIGTERM at {job.progress}%, resumed and complete {time.monotonic() - started:.1f} s after "
               f"the next worker started; calls {total} for 10 batches")
-        assert result["status"] == "complete"
-        assert [l.split(" : ", 1)[1] for l in result["summarization"].splitlines()] == \
-            [f"intervention numéro {i}" for i in range(80)]
+        assert_long_job_whole(result)
         assert total <= 11
     finally:
         if gateway is not None:
@@ -280,8 +283,7 @@ def test_a_job_whose_message_the_broker_lost_is_published_again_and_completes(tm
         gateway.launch()          # the web node alone: no worker takes the message before it is lost
         wait_until(lambda: requests.get(f"{gateway.url}/healthcheck", timeout=2).status_code == 200, 60,
                    what="the web node")
-        text = "\n".join(f"Témoin {i % 3} : déposition {i}" for i in range(12))
-        job_id = gateway.submit("cred", text=text, flavor="smollm2-135m")
+        job_id = gateway.submit("cred", text=SMALL_TEXT, flavor="smollm2-135m")
         broker = redis.Redis.from_url(cluster_env["BROKER_URL"])
         assert broker.llen("llm-gateway") == 1
         broker.flushdb()
@@ -314,10 +316,8 @@ def test_postgresql_without_a_broker_two_nodes_share_the_jobs_and_survive_a_kill
             folder = tmp_path / name
             folder.mkdir()
             nodes.append(Gateway(folder, engine.base_url, services_dir=str(services), env=env).start())
-        long_text = "\n".join(f"Orateur {i % 4} : intervention numéro {i}" for i in range(80))  # 10 batches of 8
-        long_id = nodes[0].submit("cra", text=long_text, flavor="smollm2-135m")
-        small_text = "\n".join(f"Témoin {i % 3} : déposition {i}" for i in range(12))
-        small_ids = [node.submit("cred", text=small_text, flavor="smollm2-135m") for node in nodes for _ in range(2)]
+        long_id = nodes[0].submit("cra", text=LONG_TEXT, flavor="smollm2-135m")
+        small_ids = [node.submit("cred", text=SMALL_TEXT, flavor="smollm2-135m") for node in nodes for _ in range(2)]
         wait_until(lambda: nodes[1].result(long_id)["progress"] >= 30, 60, what="the long job's progress >= 30")
         store = JobStore(env["RESULT_DB_URL"])
         holder_pid = int(store.get(long_id).owner.split(":")[1])
@@ -330,9 +330,7 @@ def test_postgresql_without_a_broker_two_nodes_share_the_jobs_and_survive_a_kill
         total = _calls_for(engine, "intervention numéro")
         print(f"\nshared store, no broker: kill -9 of node {nodes.index(victim) + 1} after {sent_at_kill} calls; the "
               f"other node completed the job {time.monotonic() - killed_at:.1f} s later; calls {total} for 10 batches")
-        assert result["status"] == "complete", result
-        assert [l.split(" : ", 1)[1] for l in result["summarization"].splitlines()] == \
-            [f"intervention numéro {i}" for i in range(80)]
+        assert_long_job_whole(result)
         assert total <= 11 and store.get(long_id).attempts == 2
         for job_id in small_ids:
             small = survivor.wait_finished(job_id, timeout=90)
