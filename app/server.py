@@ -36,6 +36,11 @@ class GatewayServer(BaseApplication):
             # The largest request line Gunicorn allows: long query strings get our JSON errors.
             "limit_request_line": 8190,
         }
+        # Gunicorn >= 25.1 opens an admin socket at one fixed path per user ($HOME/.gunicorn):
+        # two gateways on a host would take it from each other, and the supervisor already owns
+        # the processes. Off.
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 

@@ -66,6 +66,8 @@ def test_submit_poll_complete(gateway, engine):
     assert {r["model"] for r in engine.chat_requests()} == {"smollm2-135m"}
     json_job = gateway.submit("summary", text=open(EN_SMALL, encoding="utf-8").read(), flavor="smollm2-135m")
     assert gateway.wait_finished(json_job)["status"] == "complete"
+    # No Gunicorn admin socket at the one per-user path other gateways on the host would share.
+    assert "Control socket listening" not in gateway.logs()
     if gateway.deployment.scaled:      # the web node ran nothing: a worker did (owner is host:pid:token)
         assert "no local runner" in gateway.logs()
         holder = next(job for job in stored_jobs(gateway) if job.id == job_id).owner

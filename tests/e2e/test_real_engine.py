@@ -31,6 +31,8 @@ OVERFLOW_CALLS = int(os.environ.get("LLM_GATEWAY_E2E_OVERFLOW_CALLS", "4"))
 # The gateway's prompt count against the engine's usage.prompt_tokens: both use the engine's own
 # tokenizer and chat template, so they should agree but for a token where text meets template.
 TOKEN_TOLERANCE = 2
+# How long polls may find the gateway unreachable in a row before a wait gives up.
+UNREACHABLE_S = 60
 
 
 def submit(gateway, service: str, path: str) -> tuple[str, str]:
@@ -48,11 +50,28 @@ def submit(gateway, service: str, path: str) -> tuple[str, str]:
 
 
 def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
-    """Poll GET /results/<id>: 202 with progress while queued/processing, 200 once finished."""
+    """Poll GET /results/<id>: 202 with progress while queued/processing, 200 once finished.
+
+    A poll whose connection is dropped is tried again (as app.client's poll does) for up to
+    UNREACHABLE_S in a row, and every drop is reported with the gateway's log lines of that
+    moment: once in hundreds of CI polls one came back with no response while vLLM was
+    busy, and the job itself was complete and correct."""
     deadline = time.monotonic() + timeout
     seen = set()
+    polls, drops = 0, []
+    unreachable_since = None
     while True:
-        response = requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
+        polls += 1
+        try:
+            response = requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
+        except requests.ConnectionError as exc:
+            drops.append(f"{time.strftime('%H:%M:%S')} {exc}")
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > UNREACHABLE_S:
+                raise
+            time.sleep(0.5)
+            continue
+        unreachable_since = None
         body = response.json()
         seen.add(body.get("status"))
         if response.status_code == 202:
@@ -61,11 +80,24 @@ def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
         else:
             assert response.status_code == 200, (response.status_code, body)
             assert body["status"] in ("complete", "failed"), body
+            report_drops(gateway, job_id, polls, drops)
             return body
         if time.monotonic() > deadline:
             pytest.fail(f"job {job_id} not finished after {timeout:.0f} s (statuses seen: {sorted(seen)});"
                         f" last: {body}")
         time.sleep(0.5)
+
+
+def report_drops(gateway, job_id: str, polls: int, drops: list[str]) -> None:
+    """Dropped polls go to the e2e report with the gateway's log lines of their second."""
+    if not drops:
+        return
+    report(f"job {job_id}: {len(drops)} of {polls} polls got no response and were tried again")
+    logs = gateway.logs().splitlines()
+    for drop in drops:
+        report(f"  dropped: {drop}")
+        stamp = drop.split(" ", 1)[0]
+        report("\n".join(f"    {line[:300]}" for line in logs if stamp in line[:20]) or "    (no log line that second)")
 
 
 def template_lines(service: str) -> list[str]:
