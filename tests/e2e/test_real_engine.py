@@ -49,29 +49,31 @@ def submit(gateway, service: str, path: str) -> tuple[str, str]:
     return job_id, location
 
 
-def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
-    """Poll GET /results/<id>: 202 with progress while queued/processing, 200 once finished.
-
-    A poll whose connection is dropped is tried again (as app.client's poll does) for up to
-    UNREACHABLE_S in a row, and every drop is reported with the gateway's log lines of that
-    moment: once in hundreds of CI polls one came back with no response while vLLM was
-    busy, and the job itself was complete and correct."""
-    deadline = time.monotonic() + timeout
-    seen = set()
-    polls, drops = 0, []
+def get_result(gateway, job_id: str, drops: list[str]) -> requests.Response:
+    """GET /results/<id>; a poll whose connection is dropped is tried again (as app.client's
+    poll does) for up to UNREACHABLE_S in a row, and noted in drops for the report: once in
+    hundreds of CI polls one came back with no response while vLLM was busy, and the job
+    itself was complete and correct."""
     unreachable_since = None
     while True:
-        polls += 1
         try:
-            response = requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
+            return requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
         except requests.ConnectionError as exc:
             drops.append(f"{time.strftime('%H:%M:%S')} {exc}")
             unreachable_since = unreachable_since or time.monotonic()
             if time.monotonic() - unreachable_since > UNREACHABLE_S:
                 raise
             time.sleep(0.5)
-            continue
-        unreachable_since = None
+
+
+def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
+    """Poll GET /results/<id>: 202 with progress while queued/processing, 200 once finished."""
+    deadline = time.monotonic() + timeout
+    seen = set()
+    polls, drops = 0, []
+    while True:
+        polls += 1
+        response = get_result(gateway, job_id, drops)
         body = response.json()
         seen.add(body.get("status"))
         if response.status_code == 202:
@@ -92,7 +94,7 @@ def report_drops(gateway, job_id: str, polls: int, drops: list[str]) -> None:
     """Dropped polls go to the e2e report with the gateway's log lines of their second."""
     if not drops:
         return
-    report(f"job {job_id}: {len(drops)} of {polls} polls got no response and were tried again")
+    report(f"job {job_id}: {len(drops)} dropped connection(s) in {polls} polls, each tried again")
     logs = gateway.logs().splitlines()
     for drop in drops:
         report(f"  dropped: {drop}")
@@ -222,8 +224,10 @@ def test_long_input_never_overflows_the_context(engine, tmp_path):
         started = time.monotonic()
         job_id, _ = submit(gateway, "cra", FR_MEDIUM)
         deadline = started + JOB_TIMEOUT
+        polls, drops = 0, []
         while True:
-            body = requests.get(f"{gateway.url}/results/{job_id}", timeout=10).json()
+            polls += 1
+            body = get_result(gateway, job_id, drops).json()
             statuses = chat_statuses(engine.kind, engine.log_text())[before:]
             assert all(code == 200 for code in statuses), f"the engine refused a call: {statuses}"
             if body["status"] in ("complete", "failed") or len(statuses) >= OVERFLOW_CALLS:
@@ -235,6 +239,7 @@ def test_long_input_never_overflows_the_context(engine, tmp_path):
         # The engine's log must show the calls: a change in its log format must not pass on none.
         assert statuses, "no chat completion found in the engine's log"
         assert "overflows; halving" not in gateway.logs(), "a batch went beyond the context"
+        report_drops(gateway, job_id, polls, drops)
     finally:
         if gateway.proc is not None and gateway.proc.poll() is None:
             gateway.kill9()
