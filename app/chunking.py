@@ -307,8 +307,8 @@ def _fill(template: str, fields: int, turns_text: str) -> str:
     return fill_template(template, ["", turns_text] if fields == 2 else [turns_text])
 
 
-def _prompt_limit(fields: int, flavor, tokenizer, context_reserve: int) -> int:
-    """Most tokens the filled prompt may have."""
+def prompt_limit(flavor, tokenizer, context_reserve: int = 0) -> int:
+    """Most tokens the filled prompt may have (with context_reserve kept aside for the context)."""
     return (flavor.total_context_length - flavor.max_generation_length
             - tokenizer.chat_overhead() - context_reserve)
 
@@ -316,7 +316,7 @@ def _prompt_limit(fields: int, flavor, tokenizer, context_reserve: int) -> int:
 def prompt_room(template: str, fields: int, flavor, tokenizer, context_reserve: int = 0) -> int:
     """Tokens left for turns once template, chat overhead, context reserve and generation are paid."""
     base = tokenizer.count(fill_template(template, _empty_values(fields)))
-    return _prompt_limit(fields, flavor, tokenizer, context_reserve) - base
+    return prompt_limit(flavor, tokenizer, context_reserve) - base
 
 
 def _newline_cost(tokenizer) -> int:
@@ -337,7 +337,7 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
             f"flavor {flavor.name!r}: the template, chat overhead ({tokenizer.chat_overhead()}), "
             f"context reserve ({context_reserve}) and generation ({flavor.max_generation_length}) "
             f"leave {room} tokens of {flavor.total_context_length} for the transcript")
-    limit = _prompt_limit(fields, flavor, tokenizer, context_reserve)
+    limit = prompt_limit(flavor, tokenizer, context_reserve)
     base = limit - room
     cut_at = min(flavor.create_new_turn_after, room) if flavor.create_new_turn_after > 0 else room
     prefix = _prefix_costs((t.speaker for t in turns), tokenizer)

@@ -290,24 +290,35 @@ class _Job:
 
     # --- turns -> summary lines ----------------------------------------------------------
 
-    def context(self, lines: list[str]) -> str:
-        """The last summary_turns lines of the summary, trimmed from the start to the reserve."""
+    def context(self, lines: list[str], reserve: int) -> str:
+        """The last summary_turns lines of the summary, trimmed from the start to `reserve` tokens."""
         keep = self.flavor.summary_turns
-        if keep <= 0 or not lines or self.reserve <= 0:
+        if keep <= 0 or not lines or reserve <= 0:
             return ""
         tail = lines[-keep:]
-        while len(tail) > 1 and self.tokenizer.count("\n".join(tail)) > self.reserve:
+        while len(tail) > 1 and self.tokenizer.count("\n".join(tail)) > reserve:
             tail = tail[1:]
         text = "\n".join(tail)
-        if self.tokenizer.count(text) > self.reserve:
-            text = _keep_end(text, self.reserve, self.tokenizer)
+        if self.tokenizer.count(text) > reserve:
+            text = _keep_end(text, reserve, self.tokenizer)
         return text
 
     def turns_prompt(self, turns: Sequence[Turn], prior: list[str] | None) -> str:
         new_turns = "\n".join(chunking.render_turn(t) for t in turns)
-        if self.fields == 2:
-            return chunking.fill_template(self.template, [self.context(prior or []), new_turns])
-        return chunking.fill_template(self.template, [new_turns])
+        if self.fields == 1:
+            return chunking.fill_template(self.template, [new_turns])
+        # The planner counted the batch with an empty context and the context on its own; where
+        # the context meets the template, tokens can merge so that the whole costs a little more
+        # than its parts. The whole prompt is counted once, and any excess comes off the context:
+        # no prompt past the context length is ever sent (some engines cut it silently).
+        limit = chunking.prompt_limit(self.flavor, self.tokenizer)
+        reserve = self.reserve
+        while True:
+            prompt = chunking.fill_template(self.template, [self.context(prior or [], reserve), new_turns])
+            excess = self.tokenizer.count(prompt) - limit
+            if excess <= 0 or reserve <= 0:
+                return prompt        # reserve 0 and still over: the engine's 400 halves the batch
+            reserve = max(0, reserve - excess)
 
     def summarize_turns(self, start: int, turns: Sequence[Turn], prior: list[str] | None,
                         on_half: Callable[[int, list[str]], None] | None = None) -> list[str]:

@@ -232,6 +232,36 @@ def test_context_overflow_re_plans_the_batch_smaller(fake_engine):
     assert result.text == expected_echo(sent)
 
 
+class SeamTokenizer(WordTokenizer):
+    """Words, plus 3 tokens when a context sits right under its heading: the whole prompt costs
+    more than the empty-context prompt and the context counted apart, as when BPE merges
+    differently where two texts meet."""
+
+    name = "seam"
+
+    def count(self, text: str) -> int:
+        return len(text.split()) + (3 if "far:\n" in text and "far:\n\n" not in text else 0)
+
+
+def test_a_context_that_costs_more_in_the_prompt_than_alone_is_trimmed_to_fit(fake_engine, monkeypatch):
+    # One full-size virtual turn per batch and a context filling its reserve: prompts the planner
+    # puts at the limit. Without the whole-prompt count, one of them went 2 tokens past it.
+    monkeypatch.setattr(chunking, "default_context_reserve", lambda flavor: 20)
+    fake_engine.words_per_line = 200
+    tokenizer = SeamTokenizer()
+    flavor = make_flavor(total_context_length=300, max_generation_length=100, max_new_turns=1,
+                         summary_turns=1, create_new_turn_after=0)
+    turns = load_turns(FR_SMALL)
+    run(fake_engine, turns, flavor=flavor, tokenizer=tokenizer)
+
+    requests = fake_engine.chat_requests()
+    excess = [tokenizer.count(r["prompt"]) + tokenizer.chat_overhead() + r["max_tokens"]
+              - flavor.total_context_length for r in requests]
+    assert max(excess) == 0, excess          # some prompt fills the context exactly, none passes it
+    assert {r["status"] for r in requests} == {200}
+    assert_every_turn_sent_once_in_order(turns, sent_turns(requests))
+
+
 def test_a_real_context_limit_smaller_than_the_flavor_says_is_handled():
     turns = load_turns(EN_SMALL)
     # The flavor claims 2048 tokens; the engine only has 250: big batches overflow at first.
