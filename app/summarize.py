@@ -309,16 +309,19 @@ class _Job:
             return chunking.fill_template(self.template, [new_turns])
         # The planner counted the batch with an empty context and the context on its own; where
         # the context meets the template, tokens can merge so that the whole costs a little more
-        # than its parts. The whole prompt is counted once, and any excess comes off the context:
-        # no prompt past the context length is ever sent (some engines cut it silently).
+        # than its parts. A prompt with a context is counted whole, and any excess comes off the
+        # context: no prompt past the context length is ever sent (some engines cut it silently).
         limit = chunking.prompt_limit(self.flavor, self.tokenizer)
         reserve = self.reserve
         while True:
-            prompt = chunking.fill_template(self.template, [self.context(prior or [], reserve), new_turns])
+            context = self.context(prior or [], reserve)
+            prompt = chunking.fill_template(self.template, [context, new_turns])
+            if not context:
+                return prompt        # the very prompt the planner fitted: no need to count it again
             excess = self.tokenizer.count(prompt) - limit
-            if excess <= 0 or reserve <= 0:
-                return prompt        # reserve 0 and still over: the engine's 400 halves the batch
-            reserve = max(0, reserve - excess)
+            if excess <= 0:
+                return prompt
+            reserve -= excess
 
     def summarize_turns(self, start: int, turns: Sequence[Turn], prior: list[str] | None,
                         on_half: Callable[[int, list[str]], None] | None = None) -> list[str]:
