@@ -49,31 +49,50 @@ def submit(gateway, service: str, path: str) -> tuple[str, str]:
     return job_id, location
 
 
-def get_result(gateway, job_id: str, drops: list[str]) -> requests.Response:
-    """GET /results/<id>; a poll whose connection is dropped is tried again (as app.client's
-    poll does) for up to UNREACHABLE_S in a row, and noted in drops for the report: once in
-    hundreds of CI polls one came back with no response while vLLM was busy, and the job
-    itself was complete and correct."""
-    unreachable_since = None
-    while True:
-        try:
-            return requests.get(f"{gateway.url}/results/{job_id}", timeout=10)
-        except requests.ConnectionError as exc:
-            drops.append(f"{time.strftime('%H:%M:%S')} {exc}")
-            unreachable_since = unreachable_since or time.monotonic()
-            if time.monotonic() - unreachable_since > UNREACHABLE_S:
-                raise
-            time.sleep(0.5)
+class Polls:
+    """GET /results/<id> of one job. A poll whose connection is dropped is tried again (as
+    app.client's poll does) for up to UNREACHABLE_S in a row, and each drop is reported with the
+    gateway's log lines of its second: once in hundreds of CI polls one came back with no
+    response while vLLM was busy, and the job itself was complete and correct."""
+
+    def __init__(self, gateway, job_id: str):
+        self.gateway, self.job_id = gateway, job_id
+        self.count = 0
+        self.drops: list[str] = []
+
+    def get(self) -> requests.Response:
+        self.count += 1
+        unreachable_since = None
+        while True:
+            try:
+                return requests.get(f"{self.gateway.url}/results/{self.job_id}", timeout=10)
+            except requests.ConnectionError as exc:
+                self.drops.append(f"{time.strftime('%H:%M:%S')} {exc}")
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > UNREACHABLE_S:
+                    raise
+                time.sleep(0.5)
+
+    def report(self) -> None:
+        if not self.drops:
+            return
+        report(f"job {self.job_id}: {len(self.drops)} dropped connection(s) in {self.count} polls,"
+               f" each tried again")
+        logs = self.gateway.logs().splitlines()
+        for drop in self.drops:
+            report(f"  dropped: {drop}")
+            stamp = drop.split(" ", 1)[0]
+            report("\n".join(f"    {line[:300]}" for line in logs if stamp in line[:20])
+                   or "    (no log line that second)")
 
 
 def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
     """Poll GET /results/<id>: 202 with progress while queued/processing, 200 once finished."""
     deadline = time.monotonic() + timeout
     seen = set()
-    polls, drops = 0, []
+    polls = Polls(gateway, job_id)
     while True:
-        polls += 1
-        response = get_result(gateway, job_id, drops)
+        response = polls.get()
         body = response.json()
         seen.add(body.get("status"))
         if response.status_code == 202:
@@ -82,24 +101,12 @@ def wait_result(gateway, job_id: str, timeout: float = JOB_TIMEOUT) -> dict:
         else:
             assert response.status_code == 200, (response.status_code, body)
             assert body["status"] in ("complete", "failed"), body
-            report_drops(gateway, job_id, polls, drops)
+            polls.report()
             return body
         if time.monotonic() > deadline:
             pytest.fail(f"job {job_id} not finished after {timeout:.0f} s (statuses seen: {sorted(seen)});"
                         f" last: {body}")
         time.sleep(0.5)
-
-
-def report_drops(gateway, job_id: str, polls: int, drops: list[str]) -> None:
-    """Dropped polls go to the e2e report with the gateway's log lines of their second."""
-    if not drops:
-        return
-    report(f"job {job_id}: {len(drops)} dropped connection(s) in {polls} polls, each tried again")
-    logs = gateway.logs().splitlines()
-    for drop in drops:
-        report(f"  dropped: {drop}")
-        stamp = drop.split(" ", 1)[0]
-        report("\n".join(f"    {line[:300]}" for line in logs if stamp in line[:20]) or "    (no log line that second)")
 
 
 def template_lines(service: str) -> list[str]:
@@ -224,10 +231,9 @@ def test_long_input_never_overflows_the_context(engine, tmp_path):
         started = time.monotonic()
         job_id, _ = submit(gateway, "cra", FR_MEDIUM)
         deadline = started + JOB_TIMEOUT
-        polls, drops = 0, []
+        polls = Polls(gateway, job_id)
         while True:
-            polls += 1
-            body = get_result(gateway, job_id, drops).json()
+            body = polls.get().json()
             statuses = chat_statuses(engine.kind, engine.log_text())[before:]
             assert all(code == 200 for code in statuses), f"the engine refused a call: {statuses}"
             if body["status"] in ("complete", "failed") or len(statuses) >= OVERFLOW_CALLS:
@@ -239,7 +245,7 @@ def test_long_input_never_overflows_the_context(engine, tmp_path):
         # The engine's log must show the calls: a change in its log format must not pass on none.
         assert statuses, "no chat completion found in the engine's log"
         assert "overflows; halving" not in gateway.logs(), "a batch went beyond the context"
-        report_drops(gateway, job_id, polls, drops)
+        polls.report()
     finally:
         if gateway.proc is not None and gateway.proc.poll() is None:
             gateway.kill9()
