@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -28,6 +29,17 @@ SKIP_REASON = ("end-to-end tests against a real engine are off: set LLM_GATEWAY_
                " (CI does; a fresh machine spends minutes installing vLLM and building llama.cpp)")
 
 REPORT: list[str] = []        # lines for the "e2e report" section
+
+# The flavor the e2e jobs use: the shipped smollm2-135m with its engine work bounded. A 135M model
+# decoding greedily rambles to maxGenerationLength; at 512 tokens a call took ~250 s on a CPU
+# without AVX-512. A reduced turn needs far less. A cut answer is handled as in production (a
+# loop is cut off, else the batch is redone in halves down to single turns, a cut single turn is
+# kept with a warning): with 2 turns a batch, that is at most 3 calls a batch (budget.plan_work).
+E2E_FLAVOR = "smollm2-135m-e2e"
+E2E_OVERRIDES = {"maxGenerationLength": 96, "maxNewTurns": 2}
+# For the context-limit test: batches packed up to the context (4096 tokens), answers as short.
+FULL_FLAVOR = "smollm2-135m-e2e-full"
+FULL_OVERRIDES = {"maxGenerationLength": 96, "maxNewTurns": 64}
 
 
 def engine_module():
@@ -102,10 +114,41 @@ def engine(request):
 
 
 @pytest.fixture(scope="session")
-def gateway(engine, tmp_path_factory):
+def speed(engine):
+    """The engine's speed, measured once at its start: every e2e deadline is derived from it."""
+    from tests.e2e.budget import calibrate
+    with open(os.path.join(ROOT, "tests", "data", "fr", "fr_medium_an_qag_2013-02-12.txt"), encoding="utf-8") as handle:
+        long_text = handle.read()[:6000]          # about 1,500-2,000 tokens: prefill dominates
+    started = time.monotonic()
+    measured = calibrate(engine.api_base, engine.model, long_text)
+    report(f"[{engine.kind}] calibration: {measured} ({time.monotonic() - started:.1f} s)")
+    return measured
+
+
+@pytest.fixture(scope="session")
+def e2e_services(tmp_path_factory) -> str:
+    """The shipped services folder, plus E2E_FLAVOR and FULL_FLAVOR on each service that has smollm2-135m."""
+    folder = tmp_path_factory.mktemp("e2e-services")
+    for name in os.listdir(SERVICES_DIR):
+        shutil.copy(os.path.join(SERVICES_DIR, name), folder / name)
+        if not name.endswith(".json"):
+            continue
+        with open(folder / name, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        shipped = next((f for f in manifest["flavor"] if f["name"] == "smollm2-135m"), None)
+        if shipped is not None:
+            manifest["flavor"].append({**shipped, **E2E_OVERRIDES, "name": E2E_FLAVOR})
+            manifest["flavor"].append({**shipped, **FULL_OVERRIDES, "name": FULL_FLAVOR})
+            with open(folder / name, "w", encoding="utf-8") as handle:
+                json.dump(manifest, handle, indent=2)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def gateway(engine, e2e_services, tmp_path_factory):
     """The real gateway (`python3 -m app`, 2 Gunicorn workers + runner) pointed at the engine."""
     tmp = tmp_path_factory.mktemp(f"gateway-{engine.kind}")
-    gw = Gateway(tmp, api_base=engine.api_base, services_dir=SERVICES_DIR, workers=2)
+    gw = Gateway(tmp, api_base=engine.api_base, services_dir=e2e_services, workers=2)
     started = time.monotonic()
     try:
         gw.start(timeout=120)

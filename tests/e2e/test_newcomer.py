@@ -11,14 +11,16 @@ import subprocess
 
 import pytest
 
+from tests.e2e import budget
 from tests.e2e.conftest import ROOT, SKIP_REASON, report
-from tests.e2e.test_real_engine import EN_SMALL, check_summary, wait_result
+from tests.e2e.test_real_engine import EN_SMALL, FR_MEDIUM, check_summary, first_lines, wait_result
 from tests.processes import Gateway
 
 pytestmark = pytest.mark.e2e
 
 LOCAL_ENGINE = os.path.join(ROOT, "scripts", "local_engine.sh")
 DEFAULT_ENGINE_PORT = 9000         # the gateway's default --api_base is http://localhost:9000/v1
+TURNS = 20                         # a few engine calls of the shipped flavor, as a newcomer's first try
 
 
 def port_in_use(port: int) -> bool:
@@ -32,21 +34,26 @@ def test_local_engine_default_settings_and_one_curl(tmp_path):
     if port_in_use(DEFAULT_ENGINE_PORT):
         pytest.skip(f"port {DEFAULT_ENGINE_PORT} is taken here: the newcomer's engine cannot use its default port")
     excerpt = tmp_path / "meeting.txt"         # the first turns of an AMI meeting: a few engine calls
-    with open(EN_SMALL, encoding="utf-8") as handle:
-        excerpt.write_text("\n".join(handle.read().splitlines()[:30]) + "\n", encoding="utf-8")
+    excerpt.write_text(first_lines(EN_SMALL, TURNS), encoding="utf-8")
     gateway = Gateway(tmp_path, api_base=None, services_dir=os.path.join(ROOT, "services"), workers=2)
     try:
         started = subprocess.run(["bash", LOCAL_ENGINE], cwd=ROOT, capture_output=True, text=True, timeout=3000)
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         assert f"http://localhost:{DEFAULT_ENGINE_PORT}/v1" in started.stdout
+        api_base = f"http://localhost:{DEFAULT_ENGINE_PORT}/v1"
+        speed = budget.calibrate(api_base, "smollm2-135m", first_lines(FR_MEDIUM)[:6000])
+        work = budget.plan_work("summary", excerpt.read_text(encoding="utf-8"),
+                                os.path.join(ROOT, "services", "summary.json"), "smollm2-135m", api_base)
+        limit = budget.deadline([work], speed)
+        report(f"[local_engine.sh] calibration: {speed}; deadline {limit:.0f} s for {work}")
         gateway.start(timeout=120)
         curl = subprocess.run(["curl", "-sS", "-F", f"file=@{excerpt}", "-F", "flavor=smollm2-135m",
                                f"{gateway.url}/services/summary/generate"], capture_output=True, text=True, timeout=60)
         assert curl.returncode == 0, curl.stderr
         job_id = json.loads(curl.stdout)["jobId"]
-        body = wait_result(gateway, job_id)
+        body = wait_result(gateway, job_id, limit, f"{speed} and the planned work ({work})")
         seconds = (body["finishedAt"] or 0) - (body["createdAt"] or 0)
-        check_summary("local_engine.sh", "summary", body, seconds, label=" (30 turns, default --api_base)")
+        check_summary("local_engine.sh", "summary", body, seconds, label=f" ({TURNS} turns, default --api_base)")
     finally:
         if gateway.proc is not None:
             gateway.stop()
