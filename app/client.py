@@ -17,7 +17,7 @@ import requests
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_URL = "http://localhost:8000"
-FINAL = ("complete", "failed", "cancelled")
+FINAL = ("complete", "error")       # the seed's final words: failed and cancelled jobs are "error"
 POLL_S = 1.0
 # A stream silent for longer than this is dead: the gateway sends a heartbeat every 10 s.
 STREAM_READ_TIMEOUT_S = 35.0
@@ -103,13 +103,13 @@ def wait_for(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, 
     """Follow a job to its end through its event stream, or by polling if the stream fails; its result."""
     try:
         for event, data in client.events(job_id):
-            if event in FINAL:
+            if event in FINAL and "jobId" in data:
                 on_update(data)
                 return data
             if event == "progress":
                 on_update(data)
             elif event == "error":
-                break           # the job is gone: polling says so in the usual way
+                break           # the job is gone (the error shape): polling says so in the usual way
     except GatewayError:
         pass    # a gateway without the route, a proxy that buffers, a worker at its stream cap, a restart
     return poll(client, job_id, on_update)
@@ -146,7 +146,8 @@ def cmd_submit(client: GatewayClient, args: argparse.Namespace) -> int:
     print(f"job {job_id}", file=sys.stderr)
     result = follow(client, job_id, quiet=args.quiet)
     if result["status"] != "complete":
-        print(f"job {job_id} {result['status']}: {result.get('error') or result.get('message')}", file=sys.stderr)
+        print(f"job {job_id} {result.get('state') or result['status']}: {result.get('error') or result.get('message')}",
+              file=sys.stderr)
         return EXIT_FAILED
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
@@ -166,7 +167,7 @@ def follow(client: GatewayClient, job_id: str, quiet: bool = False) -> dict[str,
     with tqdm(total=100, file=sys.stderr, disable=quiet, dynamic_ncols=True,
               bar_format="{n_fmt:>3}% |{bar}| {elapsed} {desc}") as bar:
         def on_update(data: dict[str, Any]) -> None:
-            bar.set_description_str(data.get("message") or data.get("status", ""), refresh=False)
+            bar.set_description_str(data.get("detail") or data.get("status", ""), refresh=False)
             bar.update(max(0, data.get("progress", 0) - bar.n))
             bar.refresh()
 
@@ -174,15 +175,15 @@ def follow(client: GatewayClient, job_id: str, quiet: bool = False) -> dict[str,
 
 
 def cmd_services(client: GatewayClient, args: argparse.Namespace) -> int:
-    body = client.call("GET", "/services")
+    body = client.call("GET", "/services")        # the seed's array of manifests
     if args.json:
         return _print_json(body)
-    errors = body.pop("errors", [])
-    for name, service in body.items():
+    for service in body:
         flavors = ", ".join(f.get("name", "?") for f in service.get("flavor", []))
         description = next(iter((service.get("description") or {}).values()), "")
-        print(f"{name}\tfields={service.get('fields')}\tflavors: {flavors}\t{description}")
-    for error in errors:
+        print(f"{service.get('name')}\tfields={service.get('fields')}\tflavors: {flavors}\t{description}")
+    # Files that failed to load are not services: /health lists them.
+    for error in client.call("GET", "/health").get("registry", {}).get("errors", []):
         print(f"invalid manifest {error.get('file')}: {error.get('message')}", file=sys.stderr)
     return EXIT_OK
 
@@ -190,7 +191,7 @@ def cmd_services(client: GatewayClient, args: argparse.Namespace) -> int:
 def cmd_status(client: GatewayClient, args: argparse.Namespace) -> int:
     body = client.result(args.job_id)
     _print_json(body)
-    return EXIT_FAILED if body["status"] in ("failed", "cancelled") else EXIT_OK
+    return EXIT_FAILED if body["status"] == "error" else EXIT_OK
 
 
 def cmd_list(client: GatewayClient, args: argparse.Namespace) -> int:
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=cmd_status)
     listing = commands.add_parser("list", help="List jobs, newest first.")
     common(listing, top=False)
-    listing.add_argument("--status", choices=("queued", "processing", "complete", "failed", "cancelled"))
+    listing.add_argument("--status", choices=("queued", "processing", "complete", "error", "failed", "cancelled"))
     listing.add_argument("--service")
     listing.add_argument("--limit", type=int)
     listing.set_defaults(run=cmd_list)

@@ -91,6 +91,8 @@ def _tables(dialect: str) -> tuple[MetaData, Table, Table]:
         columns.append(Column("seq", BigInteger, Identity(), nullable=False))
     jobs = Table("jobs", metadata, *columns)
     Index("jobs_status_created", jobs.c.status, jobs.c.created_at)
+    # The websocket reads the jobs that changed in the last seconds (`changed_since`).
+    Index("jobs_updated", jobs.c.updated_at)
     heartbeats = Table("heartbeats", metadata,
                        Column("name", Text, primary_key=True),
                        Column("at", Float, nullable=False),
@@ -300,6 +302,9 @@ class JobStore:
             for name in ADDED_COLUMNS:
                 if name not in present:
                     conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} TEXT"))
+            # create_all makes a new table's indexes only: an index added later is made here.
+            for index in self.jobs.indexes:
+                index.create(conn, checkfirst=True)
 
     def ping(self) -> bool:
         """True when the database answers a query."""
@@ -577,12 +582,14 @@ class JobStore:
         return (row is not None and row["status"] == PROCESSING
                 and (owner is None or row["owner"] == owner))     # as _mine() says
 
-    def list_jobs(self, status: str | None = None, service: str | None = None, limit: int = 50,
+    def list_jobs(self, status: str | list[str] | None = None, service: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[list[Job], int]:
-        """Jobs newest first, filtered by status and service; and how many match in all."""
+        """Jobs newest first, filtered by status (one or several) and service; and how many match in all."""
         j = self.jobs
         where = []
-        if status:
+        if isinstance(status, list):
+            where.append(j.c.status.in_(status))
+        elif status:
             where.append(j.c.status == status)
         if service:
             where.append(j.c.service == service)
@@ -592,6 +599,14 @@ class JobStore:
                                 .order_by(j.c.created_at.desc(), self._insertion.desc())
                                 .limit(limit).offset(offset)).all()
         return [Job.from_row(row) for row in rows], total
+
+    def changed_since(self, since: float) -> list[Job]:
+        """Jobs written to since `since` (a time.time()), oldest change first, as views (no input)."""
+        j = self.jobs
+        with self._reading() as conn:
+            rows = conn.execute(select(*self._view_columns).where(j.c.updated_at >= since)
+                                .order_by(j.c.updated_at)).all()
+        return [Job.from_row(row) for row in rows]
 
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""

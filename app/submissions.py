@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.jobs import Job, JobStore
+from app.jobs import JobStore
 from app.manifests import current_template
 from app.registry import ServiceRegistry
 from app.transcript import TranscriptError, decode_bytes, parse_transcript
@@ -78,29 +78,3 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
             store.delete(job_id)
             raise QueueUnavailable("The job queue is unavailable; nothing was queued. Try again shortly.") from None
     return job_id
-
-
-def describe(job: Job) -> dict[str, Any]:
-    """The public view of a job, as GET /results/<id> shows it."""
-    body: dict[str, Any] = {
-        "jobId": job.id,
-        "status": job.status,
-        "progress": job.progress,
-        "message": job.message,
-        "service": job.service,
-        "flavor": job.flavor,
-        "createdAt": job.created_at,
-        "startedAt": job.started_at,
-        "finishedAt": job.finished_at,
-    }
-    if job.status == "complete":
-        body["summarization"] = job.result
-        if job.warnings:
-            body["warnings"] = job.warnings
-    if job.status == "failed":
-        body["error"] = job.error
-    if job.usage is not None:
-        body["usage"] = job.usage
-        if job.usage.get("flavor"):
-            body["producedBy"] = job.usage["flavor"]  # differs from `flavor` after a fallback
-    return body

@@ -124,13 +124,18 @@ _DETERMINERS = {
 }
 # Sentence punctuation never appears in a label; a "." only ends an abbreviation or initial.
 _SENTENCE_PUNCT = re.compile(r"[?!;«»\"“”…]|\.\.|\.(?!\s|$)")
+# Diarization ids, in any case: "Speaker 1", "spk1", "spk_2", "speaker_0", "SPEAKER_00". LinTO
+# Studio writes "speaker" for a segment without a speaker id and "undefined" for one whose id it
+# cannot map to a name: labels too.
 _SPEAKER_ID = re.compile(
-    r"^(?:speaker|locuteur|intervenant|intervenante|participant|orateur|oratrice|interviewer|"
-    r"interviewee|person|personne|spk|p|s)[ _-]?\d{1,3}$",
+    r"^(?:(?:speaker|locuteur|intervenant|intervenante|participant|orateur|oratrice|interviewer|"
+    r"interviewee|person|personne|spk|p|s)[ _-]?\d{1,3}|speaker|undefined)$",
     re.IGNORECASE,
 )
+# A lower-case name ("marie", "jean-paul", "bob_2"): one or two words of letters, digits, "_" or "-".
+_LOWER_NAME = re.compile(r"^[^\W\d_][\w-]{0,39}(?: [\w-]{1,40})?$")
 
-STRONG, WEAK = 2, 1
+STRONG, WEAK, LOWER = 2, 1, 3      # LOWER: a weak label in lower case (see _accepted_labels)
 
 
 def _is_capitalized(word: str) -> bool:
@@ -148,15 +153,20 @@ def _is_capitalized(word: str) -> bool:
 def _label_strength(label: str) -> int:
     """How sure we are that `label` (the text before a line's first colon) names a speaker.
 
-    STRONG: looks like a name or a speaker id, accepted wherever it occurs.
+    STRONG: looks like a name or a speaker id (any case), accepted wherever it occurs.
     WEAK: label-shaped but could be speech ("Cependant, il faudra …"); accepted only if the
     same label occurs again, or its name part is a strong label elsewhere in the file.
+    LOWER: a lower-case name ("marie"); accepted if it recurs or most lines are labelled.
     0: not a label (sentence punctuation, too long, lower-case start, …).
     """
     if not label or len(label) > _MAX_LABEL_CHARS:
         return 0
+    if _SPEAKER_ID.match(label):
+        return STRONG
     if not (label[0].isupper() or label[0].isdigit()):
-        return 0
+        # A speaker renamed in lower case ("marie : …"): trusted if it recurs, or in a file whose
+        # lines are mostly labelled (see _accepted_labels); speech rarely starts "word : ".
+        return LOWER if _LOWER_NAME.match(label) else 0
     if _SENTENCE_PUNCT.search(label):
         return 0
     # "." is only allowed after an initial or a known abbreviation: "M.", "B. Dogan".
@@ -227,15 +237,22 @@ def _accepted_labels(lines: list[_Line]) -> set[str]:
     strong = {ln.label for ln in lines if ln.strength == STRONG}
     names = {label.partition(",")[0].strip() for label in strong}
     seen: dict[str, int] = {}
+    lower: dict[str, int] = {}
     for ln in lines:
         if ln.strength == WEAK:
             seen[ln.label] = seen.get(ln.label, 0) + 1
+        elif ln.strength == LOWER:
+            lower[ln.label] = lower.get(ln.label, 0) + 1
     # A short label without a role may recur ("Audience member"); one with a role
     # ("Macron, président") needs its name as a strong label elsewhere.
     weak = {
         label for label, n in seen.items()
         if (n >= 2 and "," not in label) or label.partition(",")[0].strip() in names
     }
+    # A lower-case name is trusted where it recurs, or where most lines carry a strong label
+    # (a LinTO Studio export: every line is "<speaker> : <segment>").
+    labelled = sum(1 for ln in lines if ln.strength == STRONG) * 2 >= len(lines)
+    weak |= {label for label, n in lower.items() if n >= 2 or labelled}
     return strong | weak
 
 

@@ -240,7 +240,7 @@ class Gateway:
         while pending and time.monotonic() < deadline:
             for job_id in sorted(pending):
                 result = self.result(job_id)
-                if result.get("status") in ("complete", "failed", "cancelled"):
+                if result.get("status") in ("complete", "error"):
                     done[job_id] = result
                     pending.discard(job_id)
             if pending:

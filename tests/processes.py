@@ -183,8 +183,10 @@ class Gateway:
         # Workers beat as the runner, so `runner.alive` means some process will run the jobs.
         wait_until(lambda: requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200, timeout,
                    what="the gateway's /healthcheck")
-        wait_until(lambda: requests.get(f"{self.url}/health", timeout=5).json()["runner"]["alive"], timeout,
-                   what="the runner's heartbeat")
+        key = self.env.get("API_KEYS", "").split(",")[0].strip()       # /health needs a key when keys are on
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        wait_until(lambda: requests.get(f"{self.url}/health", headers=headers, timeout=5).json()["runner"]["alive"],
+                   timeout, what="the runner's heartbeat")
 
     @property
     def processes(self) -> list[subprocess.Popen]:
@@ -210,7 +212,7 @@ class Gateway:
 
     def wait_finished(self, job_id: str, timeout: float = 60.0) -> dict:
         """Poll until the job is complete or failed; return its result."""
-        return wait_until(lambda: (r := self.result(job_id))["status"] in ("complete", "failed") and r, timeout,
+        return wait_until(lambda: (r := self.result(job_id))["status"] in ("complete", "error") and r, timeout,
                           what=f"job {job_id} to finish")
 
     def logs(self) -> str:

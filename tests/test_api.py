@@ -49,9 +49,10 @@ def assert_error(response, status):
 
 def test_services_list_and_one(client):
     body = client.get("/services").get_json()
-    assert set(body) == {"one", "two", "errors"}
-    assert body["two"]["flavor"][1]["name"] == "b"  # seed shape: the manifest as written
-    assert body["errors"] == []
+    assert isinstance(body, list)                     # the seed's shape: LinTO Studio iterates over it
+    assert [s["name"] for s in body] == ["one", "two"]
+    assert body[1]["flavor"][1]["name"] == "b"        # the manifest as written
+    assert client.get("/health").get_json()["registry"]["errors"] == []
     assert client.get("/services/one").get_json()["fields"] == 1
     assert_error(client.get("/services/nope"), 404)
 
@@ -87,12 +88,32 @@ def test_finished_jobs_answer_200(client, app):
     body = client.get(f"/results/{done}")
     assert body.status_code == 200
     assert body.get_json()["summarization"] == "A : résumé" and body.get_json()["progress"] == 100
+    assert (body.get_json()["status"], body.get_json()["message"]) == ("complete", "success")
     failed = store.create_job(service="one", flavor="small", input_text="A : b")
     store.claim_next()
     store.fail(failed, "engine said no")
-    body = client.get(f"/results/{failed}")
-    assert body.status_code == 200 and body.get_json()["error"] == "engine said no"
-    assert_error(client.get("/results/does-not-exist"), 404)
+    body = client.get(f"/results/{failed}").get_json()
+    assert client.get(f"/results/{failed}").status_code == 200
+    assert (body["status"], body["message"], body["error"], body["state"]) == (
+        "error", "engine said no", "engine said no", "failed")
+    missing = client.get("/results/does-not-exist")      # the seed's answer, our error kind beside it
+    assert missing.status_code == 404
+    assert missing.get_json() == {"status": "nojob", "message": "does-not-exist does not exist", "error": "not_found"}
+
+
+def test_running_jobs_show_the_seeds_words(client, app):
+    store: JobStore = app.extensions["store"]
+    job_id = store.create_job(service="one", flavor="small", input_text="A : b")
+    queued = client.get(f"/results/{job_id}")
+    assert queued.status_code == 202
+    assert (queued.get_json()["status"], queued.get_json()["message"]) == ("queued", "Processing 0%")
+    owner = store.claim_next().owner
+    store.save_progress(job_id, 40, {"done": 1}, "processing", owner=owner)
+    store.set_message(job_id, "engine unavailable, retrying (3/8)", owner=owner)
+    body = client.get(f"/results/{job_id}").get_json()
+    # Studio shows `message + "%"`: the number, never the retry news (that is `detail`).
+    assert (body["status"], body["message"], body["progress"]) == ("processing", 40.0, 40)
+    assert body["detail"] == "engine unavailable, retrying (3/8)"
 
 
 @pytest.mark.parametrize("path,kwargs,status,needle", [
@@ -144,6 +165,8 @@ def test_every_route_answers_errors_in_one_shape(client, app):
         "/results/<job_id>": ("delete", {"job_id": "nope"}, 404),
         "/results": ("get", {"?": "limit=zero"}, 400),
         "/results/<job_id>/events": ("get", {"job_id": "nope"}, 404),
+        "/ws/results": ("get", {}, 400),                 # a plain request on a websocket route
+        "/ws/results/<job_id>": ("get", {"job_id": "nope"}, 400),
         "/metrics": ("post", {}, 405),
         "/healthcheck": ("post", {}, 405),
         "/health": ("post", {}, 405),
@@ -243,8 +266,9 @@ def test_health_checks_every_engine_in_use(tmp_path, fake_engine, monkeypatch):
 def test_invalid_manifest_is_listed_under_errors(tmp_path, services_dir, client, app):
     (services_dir / "broken.json").write_text("{nope")
     app.extensions["registry"].reload()
-    body = client.get("/services").get_json()
-    assert body["errors"][0]["file"] == "broken.json"
+    assert [s["name"] for s in client.get("/services").get_json()] == ["one", "two"]   # services only
+    body = client.get("/health").get_json()
+    assert body["registry"]["errors"][0]["file"] == "broken.json"
     assert json.dumps(body)  # serializable
 
 
@@ -267,13 +291,17 @@ def test_delete_cancels_queued_asks_processing_to_stop_deletes_finished(client, 
     running = store.create_job(service="one", flavor="a", input_text="x", now=0)
     assert store.claim_next().id == running
     assert client.delete(f"/results/{queued}").get_json()["outcome"] == "cancelled"
-    assert client.get(f"/results/{queued}").get_json()["status"] == "cancelled"
+    body = client.get(f"/results/{queued}").get_json()      # the seed's "error", saying why
+    assert (body["status"], body["state"], body["cancelled"]) == ("error", "cancelled", True)
+    assert "cancelled" in body["message"]
     assert client.delete(f"/results/{running}").get_json()["outcome"] == "cancelling"
     assert store.cancel_requested(running)
     store.mark_cancelled(running)
-    assert client.get(f"/results/{running}").get_json()["status"] == "cancelled"
+    assert client.get(f"/results/{running}").get_json()["state"] == "cancelled"
+    listed = client.get("/results?status=error").get_json()
+    assert {j["jobId"] for j in listed["jobs"]} == {queued, running}
     assert client.delete(f"/results/{running}").get_json()["outcome"] == "deleted"
-    assert_error(client.get(f"/results/{running}"), 404)
+    assert client.get(f"/results/{running}").get_json()["status"] == "nojob"
     assert_error(client.delete(f"/results/{running}"), 404)
 
 
@@ -320,7 +348,9 @@ def test_gateway_keys_guard_every_route(tmp_path, services_dir, protect_docs):
         docs = rule.endpoint.startswith("flasgger.")     # Swagger UI, its assets, /openapi.json
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             # The request must reach this very route: an unmatched URL is refused too, proving nothing.
-            assert app.url_map.bind("localhost").match(url, method=method)[0] == rule.endpoint, (method, url)
+            scheme = "ws" if rule.websocket else "http"
+            assert app.url_map.bind("localhost", url_scheme=scheme).match(url, method=method)[0] == rule.endpoint, \
+                (method, url)
             response = client.open(url, method=method, json={"content": "A : b"} if method == "POST" else None)
             if rule.rule == "/healthcheck" or (docs and not protect_docs):
                 assert response.status_code != 401, (method, url)

@@ -22,20 +22,12 @@ def engine():
     eng.stop()
 
 
-class KeyedGateway(Gateway):
-    """The real gateway with a gateway key: its readiness probe sends the key."""
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_until(lambda: api(self, "GET", "/health").json()["runner"]["alive"], timeout,
-                   what="the gateway and its runner")
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, engine, module_deployment):
     """One gateway for the module's tests, embedded then scaled."""
     tmp = tmp_path_factory.mktemp("client")
     shutil.copytree("services", tmp / "services")
-    gw = KeyedGateway(tmp, engine.base_url, services_dir=str(tmp / "services"), workers=2,
+    gw = Gateway(tmp, engine.base_url, services_dir=str(tmp / "services"), workers=2,
                       env={"API_KEYS": KEY}, deployment=module_deployment).start()
     yield gw
     gw.stop()
@@ -99,7 +91,7 @@ def test_services(gateway):
     code, stdout, _ = run(gateway, "services")
     assert code == 0 and "cra" in stdout and "smollm2-135m" in stdout
     code, stdout, _ = run(gateway, "--json", "services")
-    assert code == 0 and "cra" in json.loads(stdout)
+    assert code == 0 and "cra" in [service["name"] for service in json.loads(stdout)]
 
 
 @pytest.mark.slow
@@ -171,7 +163,7 @@ def test_parse_sse_skips_comments_and_joins_data_lines():
 def test_wait_for_uses_the_stream_then_polls_when_it_breaks(monkeypatch):
     monkeypatch.setattr(cli, "POLL_S", 0)
     seen = []
-    done = {"status": "complete", "progress": 100, "summarization": "A : b"}
+    done = {"jobId": "j", "status": "complete", "progress": 100, "summarization": "A : b"}
     stub = StubClient([("progress", {"status": "processing", "progress": 40})],
                       [cli.GatewayError("cannot reach"), {"status": "processing", "progress": 60}, done])
     assert cli.wait_for(stub, "j", seen.append) == done
@@ -179,7 +171,10 @@ def test_wait_for_uses_the_stream_then_polls_when_it_breaks(monkeypatch):
     # A final event ends it without polling.
     stub = StubClient([("complete", done)], [])
     assert cli.wait_for(stub, "j", seen.append) == done
-    # A deleted job: the stream's error event, then polling's 404 is raised.
+    # A failed job's final event is named "error" too, with the job's body.
+    failed = {"jobId": "j", "status": "error", "state": "failed", "error": "engine said no"}
+    assert cli.wait_for(StubClient([("error", failed)], []), "j", seen.append) == failed
+    # A deleted job: the stream's error event (the error shape), then polling's 404 is raised.
     stub = StubClient([("error", {"status": 404})], [cli.GatewayError("HTTP 404 not_found: No job", 404)])
     with pytest.raises(cli.GatewayError, match="404"):
         cli.wait_for(stub, "j", seen.append)

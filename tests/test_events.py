@@ -70,7 +70,10 @@ def test_a_job_is_followed_from_queued_to_complete(app):
     assert names[-1] == "complete" and set(names[:-1]) == {"progress"}
     progress = [data["progress"] for _, data in found]
     assert progress == sorted(progress) and {0, 30, 60, 100} <= set(progress)
-    assert found[0][1] == {"jobId": job_id, "status": "queued", "progress": 0, "message": "queued"}
+    # The seed's words, as GET /results/<id> has them; the store's message is `detail`.
+    assert found[0][1] == {"jobId": job_id, "status": "queued", "progress": 0, "message": "Processing 0%",
+                           "detail": "queued"}
+    assert [d["message"] for _, d in found[1:-1]] == [float(d["progress"]) for _, d in found[1:-1]]
     assert len(found) == len({(d["status"], d["progress"], d["message"]) for _, d in found})  # only changes
     final = found[-1][1]
     assert final["summarization"] == "A : résumé" and final["usage"]["calls"] == 2
@@ -83,10 +86,12 @@ def test_failed_and_cancelled_jobs_end_the_stream(app):
     store.claim_next()
     store.fail(failed, "engine said no")
     found = read_events(client.get(f"/results/{failed}/events", buffered=False))
-    assert found[-1][0] == "failed" and found[-1][1]["error"] == "engine said no"
+    assert found[-1][0] == "error" and found[-1][1]["error"] == "engine said no"
+    assert found[-1][1]["state"] == "failed"
     cancelled = store.create_job(service="one", flavor="small", input_text="A : b")
     store.cancel(cancelled)
-    assert [e for e, _ in read_events(client.get(f"/results/{cancelled}/events", buffered=False))] == ["cancelled"]
+    found = read_events(client.get(f"/results/{cancelled}/events", buffered=False))
+    assert [e for e, _ in found] == ["error"] and found[0][1]["state"] == "cancelled"
 
 
 def test_unknown_job_is_a_404_in_the_error_shape(app):
@@ -110,9 +115,9 @@ def test_heartbeats_while_nothing_changes_and_an_error_event_when_deleted(app, m
     rest = "".join(chunk.decode() for chunk in chunks)
     # Either the cancelled state was seen first, or only the deletion: both end the stream.
     last = list(parse_sse(rest.split("\n")))[-1]
-    assert last[0] in ("cancelled", "error")
-    if last[0] == "error":
-        assert json.loads(last[1])["status"] == 404
+    assert last[0] == "error"          # the cancelled job (its body, state cancelled) or the error shape
+    body = json.loads(last[1])
+    assert body.get("state") == "cancelled" or body["status"] == 404
 
 
 def test_streams_per_worker_are_capped_leaving_a_thread_for_other_requests(app):

@@ -87,14 +87,15 @@ def test_the_image_assembled_without_docker_serves_and_passes_its_healthcheck(tm
         wait_until(lambda: subprocess.run(["sh", "-c", healthcheck], env=run_env, capture_output=True,
                                           timeout=10).returncode == 0,
                    90, what="the image's HEALTHCHECK command to pass")
-        services = requests.get(f"http://127.0.0.1:{port}/services", timeout=5).json()
-        assert {"cra", "cred", "summary"} <= set(services) and services["errors"] == []   # SERVICES_DIR
+        services = [s["name"] for s in requests.get(f"http://127.0.0.1:{port}/services", timeout=5).json()]
+        errors = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["registry"]["errors"]
+        assert {"cra", "cred", "summary"} <= set(services) and errors == []   # SERVICES_DIR
         job = requests.post(f"http://127.0.0.1:{port}/services/cra/generate", timeout=10,
                             json={"content": "Alice : Bonjour à tous.\nBob : Merci.", "flavor": "smollm2-135m"})
         assert job.status_code == 202, job.text
         job_id = job.json()["jobId"]
         done = wait_until(lambda: (r := requests.get(f"http://127.0.0.1:{port}/results/{job_id}", timeout=5).json())
-                          ["status"] in ("complete", "failed") and r, 60, what="the job to finish")
+                          ["status"] in ("complete", "error") and r, 60, what="the job to finish")
         assert done["status"] == "complete", done
         assert os.path.isfile(env["RESULT_DB_PATH"])          # the database is where the volume is
         for page in ("/docs", "/openapi.json"):                 # built on SWAGGER_PATH's document

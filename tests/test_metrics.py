@@ -72,7 +72,7 @@ def test_real_gateway_counts_calls_tokens_and_errors(tmp_path, deployment):
             engine.control(faults=faults)
             job_id = gateway.submit("cra", FR_SMALL, flavor="smollm2-135m")
             results[name] = gateway.wait_finished(job_id)
-        assert [r["status"] for r in results.values()] == ["complete", "failed", "complete", "failed"]
+        assert [r["state"] for r in results.values()] == ["complete", "failed", "complete", "failed"]
         # A failed job reports what it spent too.
         assert results["exhausted"]["usage"]["retries"] == 2
         found = samples(requests.get(f"{gateway.url}/metrics", timeout=10).text)

@@ -11,7 +11,7 @@ from app.jobs import JobStore
 from app.registry import ServiceRegistry
 from app.runner import Runner
 from app.settings import Settings
-from app.submissions import describe
+from app.web.views import job_view
 from tests.manifest_factory import flavor, manifest, write_service
 from tests.processes import FakeEngineProcess, Gateway, wait_until
 
@@ -109,7 +109,8 @@ def test_engine_restart_is_ridden_out_and_health_shows_it(tmp_path, deployment):
         job_id = gw.submit("cra", text=TEXT * 3, flavor="smollm2-135m")
         wait_until(lambda: gw.result(job_id)["progress"] > 0, 30, what="progress")
         engine.stop()
-        message = wait_until(lambda: "retrying" in (m := gw.result(job_id)["message"]) and m, 30,
+        # News goes to `detail`: `message` stays the seed's percentage (LinTO Studio shows it + "%").
+        message = wait_until(lambda: "retrying" in (m := gw.result(job_id)["detail"]) and m, 30,
                              what="the retrying message")
         print("while the engine is down:", message)
         assert "engine unavailable, retrying (" in message
@@ -170,7 +171,7 @@ def test_fallback_flavor_takes_over_when_the_engine_stays_down(fake_engine, runn
     assert job.usage["retries"] == 2  # the main flavor's retries are counted too
     assert any("fallback flavor 'backup'" in w for w in job.warnings)
     assert {r["model"] for r in fake_engine.chat_requests()} == {"backup-model"}
-    shown = describe(job)                     # what GET /results/<id> answers
+    shown = job_view(job)                     # what GET /results/<id> answers
     assert (shown["flavor"], shown["producedBy"]) == ("main", "backup")
     assert len(job.result.splitlines()) == 24
     failed = run_to_end(runner, store, store.create_job(service="svc", flavor="nofallback", input_text=TEXT))

@@ -284,3 +284,34 @@ def test_ten_megabytes_parse_whole():
     assert len(data) > 10_000_000
     turns = parse_transcript(data, "big.txt")
     assert len(turns) == 149 * 130
+
+
+# --- LinTO Studio's exports: "<speaker_name> : <segment>" lines, speakers named by diarization ids ----
+
+@pytest.mark.parametrize("speaker", ["spk1", "spk_2", "speaker_0", "speaker", "SPEAKER_00", "undefined", "spk12"])
+def test_diarization_ids_in_any_case_are_labels(speaker):
+    text = f"Jean Dupont : Bonjour à tous.\n{speaker} : Merci : je commence.\nJean Dupont : Allez-y."
+    assert parse_transcript(text) == [Turn("Jean Dupont", "Bonjour à tous."), Turn(speaker, "Merci : je commence."),
+                                      Turn("Jean Dupont", "Allez-y.")]
+
+
+def test_a_studio_export_with_ids_names_and_renamed_lower_case_speakers():
+    text = "\n".join(["spk1 : Bonjour.", "Jean : Nous parlons du budget : il a augmenté.", "marie : Pourquoi ?",
+                      "spk1 : Les loyers.", "undefined : Une question.", "speaker : Le vote est en mars."])
+    assert [t.speaker for t in parse_transcript(text)] == ["spk1", "Jean", "marie", "spk1", "undefined", "speaker"]
+    # A lower-case name that speaks once is trusted where most lines carry a label...
+    assert parse_transcript("Jean : Bonjour.\nmarie : Salut.\nJean : Ok.")[1] == Turn("marie", "Salut.")
+    # ...and speech that merely starts "word : " in an unlabelled text is still speech.
+    assert parse_transcript("Voici le plan.\ndonc : on commence.\nEt on finit.") == [
+        Turn("", "Voici le plan."), Turn("", "donc : on commence."), Turn("", "Et on finit.")]
+
+
+def test_every_piece_of_a_long_spk1_turn_keeps_its_label():
+    from app.chunking import render_turn, split_long_turns
+    from app.tokenizers import default_tokenizer
+
+    text = "spk1 : " + " ".join(f"mot{i}" for i in range(600)) + "\nspk2 : Merci."
+    pieces = split_long_turns(parse_transcript(text), default_tokenizer(), 150)
+    assert len(pieces) > 3
+    assert [p.speaker for p in pieces] == ["spk1"] * (len(pieces) - 1) + ["spk2"]
+    assert all(render_turn(p).startswith(f"{p.speaker} : ") for p in pieces)

@@ -14,7 +14,7 @@ def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | 
                store: JobStore | None = None) -> Flask:
     """Build the app: open the job store, load and watch the services folder, register routes."""
     from app import logs
-    from app.web import auth, errors, events, health, metrics, openapi, results, services
+    from app.web import auth, errors, events, health, metrics, openapi, results, services, ws
 
     settings = settings or Settings()
     app = Flask(__name__)
@@ -39,11 +39,12 @@ def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | 
     errors.init_app(app)
     auth.init_app(app, settings)
     events.init_app(app, settings)
+    ws.init_app(app)
     if settings.cors_origins:
         from flask_cors import CORS
         CORS(app, origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()])
     prefix = settings.swagger_prefix.rstrip("/") or None
-    for blueprint in (services.bp, results.bp, events.bp, health.bp, metrics.bp):
+    for blueprint in (services.bp, results.bp, events.bp, ws.bp, health.bp, metrics.bp):
         app.register_blueprint(blueprint, url_prefix=prefix)
     openapi.init_app(app, settings)
     logging.getLogger(__name__).debug("app created with %s", settings.public())

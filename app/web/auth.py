@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 ALWAYS_OPEN = {"health.healthcheck"}
 DOCS_BLUEPRINT = "flasgger"      # the Swagger UI, its assets and redirects, and /openapi.json
+# Browsers cannot set headers on a websocket: there the key may also come as ?token=<key>.
+QUERY_TOKEN_BLUEPRINT = "ws"
 
 
 def load_keys(settings: Settings) -> list[bytes]:
@@ -47,8 +49,11 @@ def init_app(app: Flask, settings: Settings) -> None:
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
+        if not header and request.blueprint == QUERY_TOKEN_BLUEPRINT:
+            scheme, given = "bearer", request.args.get("token", "")
         if scheme.lower() != "bearer" or not given or not key_matches(given.strip(), keys):
-            response = error_response(401, "A valid gateway key is required: 'Authorization: Bearer <key>'.")
+            response = error_response(401, "A valid gateway key is required: 'Authorization: Bearer <key>'"
+                                           " (on a websocket, '?token=<key>' works too).")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         return None

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import WebsocketMismatch
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,32 @@ def error_response(status: int, message: str, kind: str | None = None, headers=N
     return response
 
 
+# A client that writes its whole body before reading the answer (Python's urllib, curl without
+# Expect) sees a broken pipe, not our 413, if we close while it writes: what is left of a body
+# over the limit is read and thrown away first, up to DRAIN_FACTOR times the limit and DRAIN_S.
+DRAIN_FACTOR = 4
+DRAIN_S = 60.0
+
+
+def drain_body(limit: int) -> None:
+    """Read and discard the rest of the request body (bounded in bytes and time)."""
+    stream = request.environ.get("wsgi.input")
+    length = request.content_length
+    most = DRAIN_FACTOR * limit
+    if stream is None or (length is not None and length > most):
+        return          # too big to be worth reading: the connection is closed on it
+    deadline = time.monotonic() + DRAIN_S
+    read = 0
+    try:
+        while read < most and time.monotonic() < deadline:
+            chunk = stream.read(min(1 << 16, most - read))
+            if not chunk:
+                return
+            read += len(chunk)
+    except (OSError, ValueError):
+        return          # the client went away, or sent a broken chunked body
+
+
 _KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
           422: "unprocessable", 429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
@@ -47,7 +75,13 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"The upload is larger than the limit of {limit // (1024 * 1024)} MB." if limit else exc.description
-            return error_response(413, message)
+            if limit:
+                drain_body(limit)
+            response = error_response(413, message)
+            response.headers["Connection"] = "close"
+            return response
+        if isinstance(exc, WebsocketMismatch):
+            return error_response(400, "This route is a websocket: connect with ws:// (or wss://) and upgrade.")
         # Keep the exception's own headers: a 405 must say which methods are allowed (Allow).
         return error_response(exc.code or 500, exc.description or exc.name, headers=exc.get_headers())
 

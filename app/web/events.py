@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app
 
-from app.jobs import FINISHED, JobStore
-from app.submissions import describe
+from app.jobs import FINISHED, QUEUED, JobStore
 from app.web import context
 from app.web.errors import ApiError, error_response
+from app.web.views import QUEUED_MESSAGE, job_view, wire_status
 
 bp = Blueprint("events", __name__)
 
@@ -35,11 +35,12 @@ def job_events(job_id: str):
     responses:
       200:
         description: >
-          A stream of events. `progress` (data: jobId, status, progress, message) is sent at once and
-          whenever one of them changes; the last event is named after the final status: `complete`
-          (data: the result with `summarization` and `usage`), `failed` (data: the result with `error`)
-          or `cancelled`; `error` (data: the error shape) if the job is deleted meanwhile. A comment
-          line `: heartbeat` is sent every 10 s of silence.
+          A stream of events. `progress` (data: jobId, status, progress, message, detail; as in
+          GET /results/{job_id}: `message` is "Processing 0%" while queued, then the percentage) is
+          sent at once and whenever one of them changes; the last event is named after the final
+          status: `complete` (data: the result with `summarization` and `usage`) or `error` (data:
+          the result, with `error` the reason and `state` failed or cancelled; or the error shape
+          if the job is deleted meanwhile). A comment line `: heartbeat` is sent every 10 s of silence.
         content:
           text/event-stream:
             schema: {type: string, description: 'Lines such as "event: progress" then "data: {...}" and a blank line'}
@@ -88,12 +89,14 @@ def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: T
         if status in FINISHED:
             job = store.get(job_id, full=False)
             if job is not None:
-                yield sse(status, describe(job))
+                yield sse(wire_status(status), job_view(job))
                 return
             continue                                  # deleted in between: the next read says so
         now = time.monotonic()
         if state != last:
-            yield sse("progress", {"jobId": job_id, "status": status, "progress": progress, "message": message})
+            yield sse("progress", {"jobId": job_id, "status": status, "progress": progress,
+                                   "message": QUEUED_MESSAGE if status == QUEUED else float(progress),
+                                   "detail": message})
             last, last_sent = state, now
         elif now - last_sent >= HEARTBEAT_S:
             # A write is also how a stream learns its client left: it fails, and the thread is freed.

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from app.jobs import JobStatus
-from app.submissions import describe
+from app.jobs import FINISHED, JobStatus
 from app.web import context
 from app.web.errors import ApiError
+from app.web.views import ERROR, http_status, job_view, not_found_view
 
 bp = Blueprint("results", __name__)
 
@@ -20,20 +20,23 @@ def get_result(job_id: str):
       - {name: job_id, in: path, required: true, schema: {type: string}}
     responses:
       200:
-        description: The job is finished (complete or failed).
+        description: >
+          The job has ended: `status` "complete" (`message` "success", `summarization`) or "error"
+          (`message` the reason; `state` says failed or cancelled).
         content: {application/json: {schema: {$ref: '#/components/schemas/Result'}}}
       202:
-        description: The job is queued or processing.
+        description: >
+          The job is "queued" (`message` "Processing 0%") or "processing" (`message` the percentage,
+          a number; human-readable news in `detail`).
         content: {application/json: {schema: {$ref: '#/components/schemas/Result'}}}
       404:
-        description: No such job.
-        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
+        description: No such job (`status` "nojob", as the seed answered).
+        content: {application/json: {schema: {$ref: '#/components/schemas/NoJob'}}}
     """
     job = context.store().get(job_id, full=False)     # polled often: no input, no checkpoint
     if job is None:
-        raise ApiError(404, f"No job with id '{job_id}'.")
-    status = 202 if job.status in ("queued", "processing") else 200
-    return jsonify(describe(job)), status
+        return jsonify(not_found_view(job_id)), 404
+    return jsonify(job_view(job)), http_status(job.status)
 
 
 def _single_arg(name: str) -> str | None:
@@ -63,7 +66,7 @@ def list_results():
     ---
     tags: [results]
     parameters:
-      - {name: status, in: query, schema: {type: string, enum: [queued, processing, complete, failed, cancelled]}}
+      - {name: status, in: query, schema: {type: string, enum: [queued, processing, complete, error, failed, cancelled]}}
       - {name: service, in: query, schema: {type: string}}
       - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
       - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
@@ -76,14 +79,17 @@ def list_results():
         content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
     """
     status = _single_arg("status") or None
-    if status is not None and status not in {s.value for s in JobStatus}:
-        raise ApiError(400, f"'status' must be one of {', '.join(s.value for s in JobStatus)}.")
+    words = [s.value for s in JobStatus] + [ERROR]
+    if status is not None and status not in words:
+        raise ApiError(400, f"'status' must be one of {', '.join(words)}.")
+    # "error" is the wire word for failed and cancelled jobs alike.
+    statuses = [s for s in FINISHED if s != JobStatus.COMPLETE.value] if status == ERROR else status
     limit = _int_arg("limit", 50, 1, 500)
     offset = _int_arg("offset", 0, 0, 10**9)
-    jobs, total = context.store().list_jobs(status, _single_arg("service") or None, limit, offset)
+    jobs, total = context.store().list_jobs(statuses, _single_arg("service") or None, limit, offset)
     items = []
     for job in jobs:
-        item = describe(job)
+        item = job_view(job)
         item.pop("summarization", None)
         items.append(item)
     return jsonify({"jobs": items, "total": total, "limit": limit, "offset": offset})

@@ -19,20 +19,21 @@ def service_view(service) -> dict:
 
 @bp.get("/services")
 def list_services():
-    """List the loaded services and the manifest files that failed to load.
+    """List the loaded services: a JSON array of their manifests, as the seed answered.
     ---
     tags: [services]
     responses:
       200:
-        description: The loaded manifests (keyed by service name) and an `errors` list.
+        description: >
+          The loaded manifests as written, sorted by name (LinTO Studio iterates over this array).
+          Manifest files that failed to load are not services: GET /health lists them under
+          `registry.errors`.
         content:
           application/json:
             schema: {$ref: '#/components/schemas/ServiceList'}
     """
     snapshot = context.registry().snapshot
-    body = {name: service_view(s) for name, s in sorted(snapshot.services.items())}
-    body["errors"] = list(snapshot.errors)
-    return jsonify(body)
+    return jsonify([service_view(s) for _, s in sorted(snapshot.services.items())])
 
 
 @bp.get("/services/<name>")
