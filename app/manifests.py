@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +74,16 @@ class ManifestError(ValueError):
 
 
 MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
-# GET /services lists the services by name beside the key "errors" (the seed's shape): a service of
-# that name would hide the list of invalid files, or be hidden by it.
+# Used with fullmatch: `$` would also match before a final newline, letting "cra\n" through.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+# A manifest is a few KiB; the cap keeps a huge file from being read, parsed and served by every
+# GET /services and stored with every job.
+MAX_MANIFEST_BYTES = 256 * 1024
+# The seed's top-level keys, then `route` and `format`, which LinTO Studio's manifests may carry
+# (served as written, not interpreted here). Anything else is most likely a typo: refused.
+MANIFEST_KEYS = ("name", "fields", "flavor", "type", "description", "backend", "route", "format")
+# Earlier versions listed invalid files under "errors" beside the services in GET /services: a
+# service of that name would be ambiguous to clients written for them.
 RESERVED_NAMES = frozenset({"errors"})
 
 # manifest key -> (Flavor attribute, accepted types, required)
@@ -101,20 +109,65 @@ FLAVOR_KEYS: dict[str, tuple[str, tuple[type, ...], bool]] = {
 }
 
 
+def _refuse_special_file(info: os.stat_result, what: str) -> None:
+    # open() on a FIFO waits for a writer, and on a device or socket it may wait or fail oddly:
+    # one such file in the folder would freeze the reload of every process. Only regular files
+    # (symlinks followed) are ever opened.
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("folder" if stat.S_ISDIR(info.st_mode) else "named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode)
+                else "socket" if stat.S_ISSOCK(info.st_mode)
+                else "device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "special file")
+        raise ManifestError(f"{what} is not a regular file but a {kind}; only regular files are read")
+
+
+def read_text_file(path: str, what: str, max_bytes: int | None = None) -> str:
+    """The UTF-8 text of a regular file, refusing anything else (and files over `max_bytes`) unopened."""
+    _refuse_special_file(os.stat(path), what)
+    # The path may be swapped for a FIFO between the stat and the open: O_NONBLOCK makes that open
+    # return at once instead of waiting for a writer, and fstat then sees what was really opened.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        _refuse_special_file(info, what)
+        if max_bytes is None:
+            data = handle.read()
+        else:
+            data = handle.read(max_bytes + 1)        # never more, even if the file grows meanwhile
+            if max(info.st_size, len(data)) > max_bytes:
+                raise ManifestError(f"{what} is larger than the limit of {max_bytes // 1024} KiB ({max_bytes} bytes)")
+    # The same newlines as reading in text mode (universal newlines) gave.
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+class _ManifestYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases."""
+
+    # A few hundred bytes of nested aliases ("billion laughs") expand to gigabytes once the manifest
+    # is served as JSON or stored with a job. A manifest has no need for them: refuse them at parse.
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise ManifestError("YAML anchors (&) and aliases (*) are not allowed in a manifest"
+                                f" (line {mark.line + 1}, column {mark.column + 1}): write each value out")
+        return super().compose_node(parent, index)
+
+
 def read_manifest_file(path: str) -> Any:
     """Parse a JSON or YAML manifest file into Python data."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_text_file(path, "the manifest", MAX_MANIFEST_BYTES)
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read the manifest: {exc}") from None
     try:
         if path.endswith(".json"):
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_ManifestYamlLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if path.endswith(".json") else "YAML"
         raise ManifestError(f"invalid {kind}: {exc}".replace("\n", " ")) from None
+    except RecursionError:
+        raise ManifestError("the manifest is nested too deeply to be a manifest") from None
 
 
 def count_fields(template: str) -> int:
@@ -129,8 +182,7 @@ def count_fields(template: str) -> int:
 def read_template(path: str, fields: int) -> str:
     """Read a prompt template and check it has exactly `fields` placeholders."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            template = handle.read()
+        template = read_text_file(path, f"the template {os.path.basename(path)}")
     except FileNotFoundError:
         raise ManifestError(f"the template {os.path.basename(path)} is missing") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -174,7 +226,7 @@ def parse_flavor(data: Any, index: int, folder: str) -> Flavor:
         _check_type(where, key, data[key], kinds)
         values[attr] = float(data[key]) if float in kinds else data[key]
     flavor = Flavor(**values)
-    if not NAME_PATTERN.match(flavor.name):
+    if not NAME_PATTERN.fullmatch(flavor.name):
         raise ManifestError(f"{where}: the name may only use letters, digits, '_' and '-'")
     for attr, key in (("total_context_length", "totalContextLength"), ("max_generation_length", "maxGenerationLength"),
                       ("create_new_turn_after", "createNewTurnAfter"), ("max_new_turns", "maxNewTurns")):
@@ -214,15 +266,19 @@ def load_service(manifest_path: str) -> Service:
     data = read_manifest_file(manifest_path)
     if not isinstance(data, dict):
         raise ManifestError("the manifest must be an object (a mapping of keys to values)")
+    unknown = sorted(str(key) for key in data if key not in MANIFEST_KEYS)   # str(): YAML keys may be numbers
+    if unknown:
+        raise ManifestError(f"unknown top-level key(s) {', '.join(map(repr, unknown))} in the manifest;"
+                            f" the allowed keys are {', '.join(MANIFEST_KEYS)}")
     for key in ("name", "fields", "flavor"):
         if key not in data:
             raise ManifestError(f"missing required key '{key}'")
     name = data["name"]
     _check_type("manifest", "name", name, (str,))
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ManifestError(f"the service name {name!r} may only use letters, digits, '_' and '-'")
     if name in RESERVED_NAMES:
-        raise ManifestError(f"the service name {name!r} is reserved (GET /services lists invalid files under it)")
+        raise ManifestError(f"the service name {name!r} is reserved (earlier versions of GET /services listed invalid files under it)")
     _check_type("manifest", "fields", data["fields"], (int,))
     if data["fields"] not in (1, 2):
         raise ManifestError("'fields' must be 1 (turns only) or 2 (previous summary, then turns)")

@@ -1,5 +1,7 @@
 """Manifest validation: every rule gives a clear message; valid files load in JSON and YAML."""
 import os
+import socket
+import threading
 
 import pytest
 
@@ -33,6 +35,10 @@ def test_json_and_yaml_load_the_same(tmp_path):
     (manifest(fields="2"), "'fields' must be an integer"),
     (manifest(name="../evil"), "may only use letters"),
     (manifest(name="errors"), "is reserved"),
+    (manifest(name="svc\n"), "may only use letters"),        # `$` alone matches before a final newline
+    (manifest(flavors=[flavor("small\n")]), "may only use letters"),
+    (manifest(colour="red"), "unknown top-level key(s) 'colour'"),
+    (manifest(description={"en": "x" * 300_000}), "larger than the limit of 256 KiB (262144 bytes)"),
     (manifest(flavors=[]), "non-empty list"),
     (manifest(flavors=[flavor(temperature=3)]), "'temperature' must be between 0 and 2"),
     (manifest(flavors=[flavor(temperature=-1)]), "'temperature' must be between 0 and 2"),
@@ -143,3 +149,99 @@ def test_prompt_room_is_counted_with_a_real_tokenizer(tmp_path):
     long_template = "Consigne détaillée. " * 24 + "\n{}\n{}\n"
     with pytest.raises(ManifestError, match="leave 0 tokens"):
         load_service(write_service(str(tmp_path), "svc", ok, template=long_template))
+
+
+def test_unknown_top_level_keys_name_the_allowed_ones_and_studio_keys_stay_accepted(tmp_path):
+    with pytest.raises(ManifestError) as info:
+        load_service(write_service(str(tmp_path), "svc", manifest(flavour=[flavor()])))
+    assert str(info.value) == ("unknown top-level key(s) 'flavour' in the manifest; the allowed keys are"
+                               " name, fields, flavor, type, description, backend, route, format")
+    # LinTO Studio's manifests may carry `route` and `format`: they are served as written.
+    service = load_service(write_service(str(tmp_path), "svc", manifest(route="svc", format="markdown")))
+    assert (service.raw["route"], service.raw["format"]) == ("svc", "markdown")
+
+
+def alias_bomb(levels=7, width=9):
+    """A YAML "billion laughs": each level lists the previous one `width` times by alias."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    write_service(str(tmp_path), "ok", manifest(name="ok"))
+    bomb = alias_bomb()
+    assert len(bomb) < 1024                # 9**7 "lol" once expanded: some 30 MB in every GET /services
+    write_service(str(tmp_path), "bomb", manifest(name="bomb"), suffix=".yaml")
+    with open(tmp_path / "bomb.yaml", "a", encoding="utf-8") as handle:
+        handle.write(bomb)
+    snapshot = load_folder(str(tmp_path))
+    # Plain names only in the asserts: a failure report must not print the expanded bomb.
+    names, errors = list(snapshot.services), [(e["file"], e["message"]) for e in snapshot.errors]
+    assert names == ["ok"]                              # the other services keep serving
+    assert errors == [("bomb.yaml", "YAML anchors (&) and aliases (*) are not allowed in a manifest"
+                                    " (line 17, column 5): write each value out")]
+
+
+def test_yaml_anchors_and_aliases_are_refused_even_when_harmless(tmp_path):
+    (tmp_path / "svc.txt").write_text("A {}\nB {}\n")
+    (tmp_path / "svc.yaml").write_text(
+        "name: svc\nfields: 2\nflavor:\n"
+        "  - &base {name: a, modelName: m, totalContextLength: 4096, maxGenerationLength: 512,"
+        " createNewTurnAfter: 150, summaryTurns: 2, maxNewTurns: 8}\n"
+        "  - {<<: *base, name: b}\n")
+    with pytest.raises(ManifestError, match=r"anchors \(&\) and aliases \(\*\) are not allowed .*line 4"):
+        load_service(str(tmp_path / "svc.yaml"))
+
+
+def release_fifo(path):
+    """Open a FIFO for writing and close it: a reader stuck in open() (the bug) gets EOF and moves on."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:                # ENXIO: nobody is waiting on it, as it should be
+        pass
+
+
+def load_folder_without_blocking(folder, fifos, timeout=5.0):
+    """load_folder(folder), failing the test (instead of hanging it) if reading a file blocks."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(load_folder(folder)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for fifo in fifos:
+            release_fifo(fifo)
+        thread.join(timeout)
+        pytest.fail(f"load_folder was still blocked after {timeout} s on a file that is not a regular file")
+    return result[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "socket", "symlink to a fifo", "fifo template"])
+def test_files_that_are_not_regular_files_are_listed_not_opened(tmp_path, kind):
+    write_service(str(tmp_path), "ok", manifest(name="ok"))
+    odd, fifos, listener = tmp_path / "odd.json", [], None
+    if kind == "fifo":
+        os.mkfifo(odd)
+        fifos.append(odd)
+    elif kind == "folder":
+        odd.mkdir()
+    elif kind == "socket":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(odd))
+    elif kind == "symlink to a fifo":
+        os.mkfifo(tmp_path / "pipe")
+        os.symlink("pipe", odd)
+        fifos.append(tmp_path / "pipe")
+    else:                          # a valid manifest whose template is a FIFO
+        write_service(str(tmp_path), "odd", manifest(name="odd"), template=False)
+        os.mkfifo(tmp_path / "odd.txt")
+        fifos.append(tmp_path / "odd.txt")
+    try:
+        snapshot = load_folder_without_blocking(str(tmp_path), fifos)
+    finally:
+        if listener is not None:
+            listener.close()
+    assert list(snapshot.services) == ["ok"]
+    assert [e["file"] for e in snapshot.errors] == ["odd.json"]
+    assert "is not a regular file" in snapshot.errors[0]["message"]

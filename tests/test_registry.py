@@ -97,3 +97,21 @@ def test_tick_debounces(tmp_path):
     assert reg.tick(now + 11) is True
     assert reg.get("svc") is not None
     assert reg.tick(now + 30) is False  # nothing changed since
+
+
+def test_a_fifo_in_the_folder_does_not_freeze_hot_reload(tmp_path, registry):
+    """A named pipe is never opened (open() would wait for a writer, and the reload with it): it is
+    listed under errors, and a valid change made after it is still loaded."""
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    try:
+        wait_for(lambda: any(e["file"] == "pipe.json" for e in registry.snapshot.errors))
+        assert "not a regular file" in registry.snapshot.errors[0]["message"]
+        write_service(str(tmp_path), "svc", manifest(name="svc"))
+        wait_for(lambda: registry.get("svc") is not None)
+        assert [e["file"] for e in registry.snapshot.errors] == ["pipe.json"]
+    finally:
+        try:                       # before the fix, the reload thread waits in open(): let it go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
