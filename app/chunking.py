@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from app.transcript import Turn
 
@@ -18,6 +18,10 @@ MIN_TURN_ROOM = 16
 
 class BudgetError(ValueError):
     """The template, chat overhead, context reserve and generation leave no room for turns."""
+
+
+def _go_on() -> None:
+    """The default `check` of planning: never asks it to stop."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ _ABBREVIATIONS = {
     "mt", "bd", "dép", "inc", "ltd", "co", "corp", "dept", "approx",
 }
 _WORD = re.compile(r"\s*\S+\s*")
+# How far back from a "." its word is looked for: past any abbreviation's length, and bounded,
+# or a text without spaces (one long line) is scanned back to its start at every ".".
+_WORD_LOOKBACK = 32
 
 
 def _is_boundary(text: str, match: re.Match) -> bool:
@@ -83,8 +90,9 @@ def _is_boundary(text: str, match: re.Match) -> bool:
         return True
     # The word before a lone ".": an abbreviation or an initial does not end a sentence.
     start = match.start()
-    word_start = max(text.rfind(" ", 0, start), text.rfind("(", 0, start),
-                     text.rfind("«", 0, start), text.rfind("\u00a0", 0, start)) + 1
+    floor = max(0, start - _WORD_LOOKBACK)
+    word_start = max(text.rfind(" ", floor, start), text.rfind("(", floor, start),
+                     text.rfind("«", floor, start), text.rfind("\u00a0", floor, start), floor - 1) + 1
     word = text[word_start:start].lower()
     word = word[max(word.rfind("'"), word.rfind("’")) + 1:]  # "l'art." -> "art"
     if len(word) == 1 and word.isalpha():
@@ -131,29 +139,72 @@ def _pack(units: list[str], counts: list[int], room: int) -> list[tuple[str, int
     return out
 
 
-def _cut_chars(text: str, tokenizer, room: int) -> list[tuple[str, int]]:
-    """Cut one over-long word by characters: each time the longest prefix that fits."""
+def _cut_chars(text: str, tokenizer, room: int, tokens: int = 0,
+               check: Callable[[], None] = _go_on) -> list[tuple[str, int]]:
+    """Cut one over-long word by characters: each time the longest prefix that fits.
+
+    Each cut counts only about one piece's worth of text, around a guess of where it ends
+    (the last piece's length): counting the whole rest at every cut made a long line
+    without spaces quadratic (a 1 MB line took minutes, 5 MB hours)."""
     out = []
-    rest = text
-    while rest:
-        n = tokenizer.count(rest.strip())
-        if n <= room:
-            out.append((rest, n))
-            break
-        lo, hi = 1, len(rest) - 1  # a piece keeps at least one character, so this ends
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if tokenizer.count(rest[:mid].strip()) <= room:
-                lo = mid
-            else:
-                hi = mid - 1
-        out.append((rest[:lo], tokenizer.count(rest[:lo].strip())))
-        rest = rest[lo:]
+    start = 0
+    # Before any piece is measured: the word's own characters per token (`tokens`, when the
+    # caller counted it), else a generous 4.
+    guess = len(text) * room // tokens if tokens > 0 else 4 * room
+    while start < len(text):
+        check()
+        end, n = _longest_fit(text, start, tokenizer, room, max(1, guess))
+        out.append((text[start:end], n))
+        guess = end - start
+        start = end
     return out
 
 
-def _split_units(units: list[str], counts: list[int], tokenizer,
-                 room: int) -> list[tuple[str, int, int]]:
+def _longest_fit(text: str, start: int, tokenizer, room: int, guess: int) -> tuple[int, int]:
+    """(end, count) of the longest text[start:end] whose stripped count fits `room`; at least
+    one character, so that cutting always moves on.
+
+    Counts grow with the length at about a steady rate (a tokenizer may merge a token away here
+    and there; the caller recounts what it keeps), so each count after the first, at `guess`,
+    aims where the counts seen so far put the limit: a little past it until the end is
+    bracketed, then inside the bracket, halving it instead when aiming did not. About six counts
+    of about one piece each, however large the piece."""
+    size = len(text) - start
+
+    def count(length: int) -> int:
+        return tokenizer.count(text[start:start + length].strip())
+
+    lo, lo_count = 0, 0          # the longest length known to fit (0: none yet)
+    hi, hi_count = size + 1, 0   # the shortest length known not to fit (size + 1: none yet)
+    probe = min(guess, size)
+    slack = 4                    # characters aimed past the estimate; doubled at each miss
+    while True:
+        width = hi - lo
+        n = count(probe)
+        if n <= room:
+            lo, lo_count = probe, n
+        else:
+            hi, hi_count = probe, n
+        if hi - lo <= 1:
+            break
+        if hi > size:            # everything fits so far: aim just past room + 1 tokens
+            probe = min(size, max(lo + 1, lo * (room + 1) // max(1, lo_count) + slack))
+            slack *= 2
+        elif lo == 0:            # nothing fits so far: aim just short of room tokens
+            probe = max(1, min(hi - 1, hi * room // hi_count - slack))
+            slack *= 2
+        elif hi - lo <= 8 or 2 * (hi - lo) > width:   # within a token or two, or aiming missed
+            probe = (lo + hi) // 2
+        else:                    # where room + 1/2 tokens falls between the two counts
+            aim = lo + (2 * (room - lo_count) + 1) * (hi - lo) // (2 * (hi_count - lo_count))
+            probe = min(hi - 1, max(lo + 1, aim))
+    if lo == 0:                  # not even one character fits: keep one (count(1) was the last probe)
+        return start + 1, n
+    return start + lo, lo_count
+
+
+def _split_units(units: list[str], counts: list[int], tokenizer, room: int,
+                 check: Callable[[], None] = _go_on) -> list[tuple[str, int, int]]:
     """Pack units (sentences) greedily under `room`; a sentence over it is packed word by
     word, and a word over it character by character, so pieces stay full."""
     flat_units: list[str] = []
@@ -163,24 +214,29 @@ def _split_units(units: list[str], counts: list[int], tokenizer,
             flat_units.append(unit)
             flat_counts.append(n)
             continue
+        check()
         words = _words(unit)
-        for word, m in zip(words, tokenizer.count_many([w.strip() for w in words])):
+        # A sentence of one word (a line without spaces) is counted already: not again.
+        word_counts = [n] if len(words) == 1 else tokenizer.count_many([w.strip() for w in words])
+        for word, m in zip(words, word_counts):
             if m <= room:
                 flat_units.append(word)
                 flat_counts.append(m)
             else:
-                for chunk, k in _cut_chars(word, tokenizer, room):
+                for chunk, k in _cut_chars(word, tokenizer, room, m, check):
                     flat_units.append(chunk)
                     flat_counts.append(k)
     return _pack(flat_units, flat_counts, room)
 
 
-def _split(text: str, tokenizer, room: int) -> list[tuple[str, int, int]]:
+def _split(text: str, tokenizer, room: int,
+           check: Callable[[], None] = _go_on) -> list[tuple[str, int, int]]:
     """Cut `text` into pieces whose summed sentence (or word) counts fit `room`."""
     units = _sentences(text)
     if len(units) == 1:
         units = _words(text)
-    return _split_units(units, tokenizer.count_many([u.strip() for u in units]), tokenizer, room)
+    return _split_units(units, tokenizer.count_many([u.strip() for u in units]), tokenizer, room,
+                        check)
 
 
 def _halves(text: str, tokens: int) -> list[tuple[str, int, int]]:
@@ -216,7 +272,8 @@ class _Piece:
         return render_turn(Turn(self.speaker, self.text.strip()))
 
 
-def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int]) -> list[_Piece]:
+def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int],
+            check: Callable[[], None] = _go_on) -> list[_Piece]:
     """Recount pieces whose estimate could exceed `limit` and cut again those that do.
 
     A sum of counts is exact for sentencepiece-style tokenizers; others may differ by about a
@@ -230,12 +287,13 @@ def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int])
         if p.tokens <= limit or len(p.text.strip()) <= 1:
             out.append(p)
             continue
+        check()
         # Over by a few tokens (tokenization across sentence boundaries): cut tighter.
         room = limit - prefix[p.speaker] - (p.tokens - limit)
         if room < 1:  # the label alone is about the limit: cutting the text cannot help
             out.append(p)
             continue
-        cut = _split(p.text, tokenizer, room)
+        cut = _split(p.text, tokenizer, room, check)
         if len(cut) == 1:  # the sums say it fits, the tokenizer disagrees: halve it
             cut = _halves(p.text, p.tokens)
         if len(cut) <= 1:
@@ -243,7 +301,7 @@ def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int])
             continue
         joins = 1 if p.speaker else 0
         parts = [_Piece(p.speaker, t, prefix[p.speaker] + n, joins + j) for t, n, j in cut]
-        out.extend(_settle(parts, tokenizer, limit, prefix))
+        out.extend(_settle(parts, tokenizer, limit, prefix, check))
     return out
 
 
@@ -256,15 +314,18 @@ def _prefix_costs(speakers, tokenizer) -> dict[str, int]:
 
 
 def _virtual_pieces(turns: Sequence[Turn], tokenizer, max_tokens: int,
-                    prefix: dict[str, int] | None = None) -> list[_Piece]:
+                    prefix: dict[str, int] | None = None,
+                    check: Callable[[], None] = _go_on) -> list[_Piece]:
     """Cut turns whose line exceeds `max_tokens`; every sentence is counted once, in one call."""
     if prefix is None:
         prefix = _prefix_costs((t.speaker for t in turns), tokenizer)
     per_turn = [_sentences(t.text) for t in turns]
     flat = [u.strip() for units in per_turn for u in units]
+    check()
     counts = iter(tokenizer.count_many(flat))
     pieces: list[_Piece] = []
     for turn, units in zip(turns, per_turn):
+        check()
         unit_counts = [next(counts) for _ in units]
         est = prefix[turn.speaker] + sum(unit_counts)
         label_join = 1 if turn.speaker else 0
@@ -274,9 +335,9 @@ def _virtual_pieces(turns: Sequence[Turn], tokenizer, max_tokens: int,
         # When the label takes most of the limit the line cannot fit anyway: keep pieces of
         # a quarter of the limit rather than crumbs of a word or two.
         room = max(1, max_tokens // 4, max_tokens - prefix[turn.speaker])
-        for text, n, joins in _split_units(units, unit_counts, tokenizer, room):
+        for text, n, joins in _split_units(units, unit_counts, tokenizer, room, check):
             pieces.append(_Piece(turn.speaker, text, prefix[turn.speaker] + n, label_join + joins))
-    return _settle(pieces, tokenizer, max_tokens, prefix)
+    return _settle(pieces, tokenizer, max_tokens, prefix, check)
 
 
 def split_text(text: str, tokenizer, max_tokens: int) -> list[str]:
@@ -289,9 +350,13 @@ def split_text(text: str, tokenizer, max_tokens: int) -> list[str]:
     return [p.text for p in _settle(pieces, tokenizer, max_tokens, {"": 0})]
 
 
-def split_long_turns(turns: Sequence[Turn], tokenizer, max_tokens: int) -> list[Turn]:
-    """Virtual turns: cut each turn whose rendered line exceeds max_tokens, keeping its speaker."""
-    return [Turn(p.speaker, p.text.strip()) for p in _virtual_pieces(turns, tokenizer, max_tokens)]
+def split_long_turns(turns: Sequence[Turn], tokenizer, max_tokens: int,
+                     check: Callable[[], None] | None = None) -> list[Turn]:
+    """Virtual turns: cut each turn whose rendered line exceeds max_tokens, keeping its speaker.
+
+    `check` is called between pieces (often: it must be cheap) and raises to stop the cutting."""
+    pieces = _virtual_pieces(turns, tokenizer, max_tokens, check=check or _go_on)
+    return [Turn(p.speaker, p.text.strip()) for p in pieces]
 
 
 # --- batches -----------------------------------------------------------------------------
@@ -327,10 +392,14 @@ def _newline_cost(tokenizer) -> int:
 
 
 def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, tokenizer,
-                 context_reserve: int = 0) -> list[Batch]:
-    """Cut long turns into virtual turns and pack consecutive ones into batches that fit the context."""
+                 context_reserve: int = 0, check: Callable[[], None] | None = None) -> list[Batch]:
+    """Cut long turns into virtual turns and pack consecutive ones into batches that fit the context.
+
+    `check` is called between pieces and batches (often: it must be cheap) and raises to stop
+    planning: a cancel or a shutdown need not wait for a huge transcript to be planned."""
     # A batch fits when count(filled prompt) + chat overhead + context_reserve +
     # max_generation_length <= total_context_length, and it has at most max_new_turns turns.
+    check = check or _go_on
     room = prompt_room(template, fields, flavor, tokenizer, context_reserve)
     if room < MIN_TURN_ROOM:
         raise BudgetError(
@@ -341,7 +410,7 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
     base = limit - room
     cut_at = min(flavor.create_new_turn_after, room) if flavor.create_new_turn_after > 0 else room
     prefix = _prefix_costs((t.speaker for t in turns), tokenizer)
-    pieces = _virtual_pieces(turns, tokenizer, cut_at, prefix)
+    pieces = _virtual_pieces(turns, tokenizer, cut_at, prefix, check)
     max_turns = flavor.max_new_turns if flavor.max_new_turns > 0 else len(pieces)
     lines = [p.line() for p in pieces]
     newline = _newline_cost(tokenizer)
@@ -349,9 +418,9 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
     def prompt(start: int, end: int) -> str:
         return _fill(template, fields, "\n".join(lines[start:end]))
 
-    def greedy(start: int) -> list[tuple[int, int, int]]:
+    def greedy(start: int, most: int) -> list[tuple[int, int, int]]:
         ranges = []
-        while start < len(pieces):
+        while start < len(pieces) and len(ranges) < most:
             end, total = start + 1, base + pieces[start].tokens
             while (end < len(pieces) and end - start < max_turns
                    and total + newline + pieces[end].tokens <= limit):
@@ -364,8 +433,15 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
     spans: list[tuple[int, int]] = []
     start = 0
     trusted = limit - _margin(limit)
+    # Ranges are planned and counted a round at a time, each round twice as many as the last. A
+    # short estimate ends the round (the ranges after it would start elsewhere) and the next one
+    # plans a single range again: planning the whole rest at every short estimate recounted it
+    # each time, quadratic when many are short (one long line cut to the whole room).
+    ahead = 1
     while start < len(pieces):
-        ranges = greedy(start)
+        check()
+        ranges = greedy(start, ahead)
+        ahead *= 2
         # Only a prompt whose estimate is near the limit is counted for real: one well under it
         # (most are, when maxNewTurns ends the batch) cannot be over it.
         near = [(s, e) for s, e, total in ranges if total > trusted]
@@ -377,6 +453,7 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
                 start = e
                 continue
             # The estimate was short: drop about the excess, then one turn at a time.
+            ahead = 1
             excess = n - limit
             while e - s > 1 and excess > 0:
                 e -= 1
@@ -395,7 +472,7 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
                 budget = piece.tokens - (n - limit) - 1
                 if budget < 1:
                     raise BudgetError(f"flavor {flavor.name!r}: a turn cannot fit in {room} tokens")
-                smaller = _settle([piece], tokenizer, budget, prefix)
+                smaller = _settle([piece], tokenizer, budget, prefix, check)
                 if len(smaller) == 1:
                     raise BudgetError(f"flavor {flavor.name!r}: a turn cannot fit in {room} tokens")
                 pieces[s:s + 1] = smaller

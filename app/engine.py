@@ -4,6 +4,7 @@ Every openai/network error is translated here, at this one boundary, into:
 
     EngineError
      ├─ TransientEngineError      timeout, connection, 429, 5xx, malformed answer: retry later
+     │   └─ EmptyAnswerError      200 with no text although nothing cut it: retry later
      └─ PermanentEngineError      other 4xx (unknown model, bad key, bad request): fail the job
          └─ ContextOverflowError  400 "maximum context length": send less and try again
 
@@ -50,6 +51,11 @@ class TransientEngineError(EngineError):
                  retry_after: float | None = None):
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after    # seconds the engine asked us to wait, if it said
+
+
+class EmptyAnswerError(TransientEngineError):
+    """The engine answered without a word, and not because max_tokens cut it: a summary of
+    nothing would silently lose the turns sent, so this is retried like an overloaded engine."""
 
 
 class PermanentEngineError(EngineError):
@@ -106,12 +112,14 @@ class EngineClient:
             raise TransientEngineError(
                 f"engine at {self.api_base} returned no completion choices for model {model!r}")
         content = choices[0].message.content
-        if content is None:
-            # A reasoning model can spend all of max_tokens before writing any content.
+        if not (content or "").strip():
+            # A reasoning model can spend all of max_tokens before writing any content: that
+            # is a cut answer, for the caller to handle. Otherwise nothing came back, and the
+            # same prompt may well get an answer on another try.
             if choices[0].finish_reason != "length":
-                raise TransientEngineError(
-                    f"engine at {self.api_base} returned a completion without content")
-            content = ""
+                raise EmptyAnswerError(
+                    f"engine at {self.api_base} returned an empty answer for model {model!r}")
+            content = content or ""
         usage = getattr(response, "usage", None)
         return Completion(
             text=content,

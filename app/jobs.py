@@ -437,8 +437,12 @@ class JobStore:
     def requeue_processing(self, now: float | None = None) -> int:
         """Re-queue every job left processing (by a runner that died); return how many."""
         now = time.time() if now is None else now
+        j = self.jobs
         with self.transaction() as conn:
-            return conn.execute(update(self.jobs).where(self.jobs.c.status == PROCESSING).values(
+            # A job whose cancel was asked for ends cancelled: queued, it would never be claimed again.
+            conn.execute(update(j).where(j.c.status == PROCESSING, j.c.cancel_requested != 0).values(
+                status=JobStatus.CANCELLED.value, message="cancelled", finished_at=now, updated_at=now, owner=None))
+            return conn.execute(update(j).where(j.c.status == PROCESSING).values(
                 status=QUEUED, message="queued again after a restart", updated_at=now, owner=None)).rowcount
 
     def take_stalled(self, quiet_s: float, lease_s: float, now: float | None = None) -> list[str]:
@@ -455,7 +459,10 @@ class JobStore:
             queued = conn.execute(update(j).where(j.c.status == QUEUED, j.c.cancel_requested == 0,
                                                   j.c.updated_at < now - quiet_s)
                                   .values(updated_at=now).returning(j.c.id)).scalars().all()
-            orphans = conn.execute(update(j).where(j.c.status == PROCESSING, j.c.updated_at < now - lease_s - quiet_s)
+            stale = and_(j.c.status == PROCESSING, j.c.updated_at < now - lease_s - quiet_s)
+            conn.execute(update(j).where(stale, j.c.cancel_requested != 0).values(
+                status=JobStatus.CANCELLED.value, message="cancelled", finished_at=now, updated_at=now, owner=None))
+            orphans = conn.execute(update(j).where(stale)
                                    .values(status=QUEUED, owner=None, updated_at=now,
                                            message="its worker stopped answering; queued again")
                                    .returning(j.c.id)).scalars().all()

@@ -166,7 +166,7 @@ class Runner:
             result = self._run_flavor(job, service, fallback, template, turns, latest.checkpoint if latest else None,
                                       notes)
             spent = getattr(exc, "usage", None) or {}
-            for key in ("calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries"):
+            for key in ("calls", "failed_calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries"):
                 result.usage[key] = result.usage.get(key, 0) + spent.get(key, 0)
             result.warnings.append(f"flavor '{flavor.name}' was unavailable ({exc}); the summary was produced by"
                                    f" fallback flavor '{fallback.name}'")
@@ -207,7 +207,8 @@ class Runner:
                 or not self.store.holds(job.id, job.owner))
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop claiming, let running jobs reach their next checkpoint, re-queue what is left."""
+        """Stop claiming, let running jobs reach their next checkpoint, re-queue what is left
+        (cancel what was asked to be cancelled)."""
         self.stopping.set()
         deadline = time.monotonic() + timeout
         for job_id, future in list(self._running.items()):
@@ -216,9 +217,15 @@ class Runner:
             except Exception:
                 pass
         for job_id, future in self._running.items():
-            if not future.done():
-                self.store.requeue(job_id, "interrupted by a shutdown; it will resume where it stopped",
-                                   owner=self._owners.get(job_id))
+            if future.done():
+                continue
+            owner = self._owners.get(job_id)
+            if self.store.cancel_requested(job_id):
+                # Queued again it would never run (a job asked to cancel is not claimed) nor end.
+                self.store.mark_cancelled(job_id, owner=owner)
+                log.info("runner: job %s cancelled at shutdown", job_id)
+            else:
+                self.store.requeue(job_id, "interrupted by a shutdown; it will resume where it stopped", owner=owner)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from app import chunking, metrics
-from app.engine import (Completion, ContextOverflowError, EngineClient, EngineError, RetryPolicy,
-                        TransientEngineError, call_with_retries)
+from app.engine import (Completion, ContextOverflowError, EmptyAnswerError, EngineClient, EngineError,
+                        RetryPolicy, TransientEngineError, call_with_retries)
 from app.loops import trim_loop
 from app.manifests import Flavor
 from app.transcript import Turn
@@ -35,6 +35,7 @@ _SPEAKER_LINE = re.compile(r"^([^:\n]{1,100}?)\s*:(?:\s+(.*))?$")   # "12:30" is
 _FENCE = re.compile(r"^```[\w-]*\s*$")
 _MAX_REDUCE_PASSES = 8
 _POLL_SECONDS = 0.5     # how often the concurrent loop looks at should_stop while waiting
+_PLAN_CHECK_SECONDS = 0.25   # how often planning asks should_stop (it may query the job store)
 _SLEEP_SLICE = 1.0      # backoff sleeps are cut in slices so a stop is not held up
 _FUZZY_ECHO = 0.9       # a line this similar to a template line (difflib ratio) is an echo
 _FUZZY_ECHO_MIN = 30    # ... if the template line is this long: short lines must match exactly
@@ -70,7 +71,7 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
         raise ValueError(f"a template must have 1 or 2 fields, not {fields}")
     reserve = chunking.default_context_reserve(flavor) if fields == 2 else 0
     batches = chunking.plan_batches(list(turns), template, fields, flavor, tokenizer,
-                                    context_reserve=reserve)
+                                    context_reserve=reserve, check=_planning_check(should_stop))
     job = _Job(template=template, fields=fields, flavor=flavor, tokenizer=tokenizer,
                engine=engine, temperature=temperature, top_p=top_p, reserve=reserve,
                total=sum(len(b.turns) for b in batches), turns_digest=digest_turns(batches),
@@ -95,6 +96,22 @@ def summarize(turns: Sequence[Turn], *, template: str, fields: int, flavor: Flav
     if flavor.consolidate_summary:
         lines = consolidate(lines)
     return SummaryResult("\n".join(lines), job.usage_report(), list(job.warnings))
+
+
+def _planning_check(should_stop: Callable[[], bool]) -> Callable[[], None]:
+    """The `check` planning calls at every piece: it asks should_stop a few times a second
+    (often enough that a cancel or a shutdown need not wait for a huge transcript to be planned,
+    seldom enough that the store's queries cost nothing) and raises JobInterrupted when told."""
+    asked = [float("-inf")]
+
+    def check() -> None:
+        now = time.monotonic()
+        if now - asked[0] < _PLAN_CHECK_SECONDS:
+            return
+        asked[0] = now
+        if should_stop():
+            raise JobInterrupted("stopped while planning the batches")
+    return check
 
 
 def digest_turns(batches) -> str:
@@ -171,7 +188,7 @@ class _Job:
         self.on_checkpoint, self.on_message, self.should_stop = on_checkpoint, on_message, should_stop
         self.policy, self.sleep = policy, sleep
         self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "engine_seconds": 0.0, "retries": 0}
+                      "engine_seconds": 0.0, "retries": 0, "failed_calls": 0}
         self.warnings: list[str] = []
         self.job_retries: int | None = None   # the whole job's retry budget (None: no limit)
         self.progress = 0
@@ -243,12 +260,15 @@ class _Job:
 
     # --- one engine call -----------------------------------------------------------------
 
-    def call(self, prompt: str | Callable[[], str]) -> Completion:
+    def call(self, prompt: str | Callable[[], str], what: str = "a prompt") -> Completion:
         """One completion with retries on transient errors; counts usage.
 
         `prompt` may be a function that builds it: it is then built inside each attempt, so an
         engine that stops answering its /tokenize (used to fit the prompt) is retried too.
+        `what` names what the prompt holds ("turns 3-10") in the error of an answer that stays empty.
         """
+        tries, last_empty = 0, False
+
         def on_retry(attempt: int, max_retries: int, error: Exception) -> None:
             with self.lock:
                 spent = self.usage["retries"]
@@ -257,20 +277,36 @@ class _Job:
                     raise TransientEngineError(f"{error} (the job's retry budget of {self.job_retries} is spent)",
                                                status_code=getattr(error, "status_code", None)) from None
                 self.usage["retries"] += 1
-            self.post(f"engine unavailable, retrying ({attempt}/{max_retries})")
+            trouble = "the engine returned an empty answer" if last_empty else "engine unavailable"
+            self.post(f"{trouble}, retrying ({attempt}/{max_retries})")
 
         def attempt() -> Completion:
+            nonlocal tries, last_empty
+            tries += 1
             try:
                 return self.engine.complete(
                     model=self.flavor.model, prompt=prompt() if callable(prompt) else prompt,
                     temperature=self.temperature,
                     top_p=self.top_p, max_tokens=self.flavor.max_generation_length)
             except EngineError as error:
+                last_empty = isinstance(error, EmptyAnswerError)
                 metrics.count_engine_error(error)
+                with self.lock:       # `calls` counts answers; every call that got an error counts here
+                    self.usage["failed_calls"] += 1
                 raise
 
-        completion = call_with_retries(attempt, self.policy, on_retry=on_retry,
-                                       sleep=self.backoff_sleep)
+        try:
+            completion = call_with_retries(attempt, self.policy, on_retry=on_retry,
+                                           sleep=self.backoff_sleep)
+        except TransientEngineError as error:
+            if not last_empty:
+                raise
+            # Still transient: a fallback flavor (another model or engine) may answer. The
+            # message names the turns, which would otherwise be missing from a "complete" summary.
+            budget = "" if isinstance(error, EmptyAnswerError) else \
+                f" (the job's retry budget of {self.job_retries} is spent)"
+            raise EmptyAnswerError(f"the engine returned an empty answer for {what} after {tries} "
+                                   f"{'try' if tries == 1 else 'tries'}{budget}") from None
         metrics.count_engine_call(self.flavor.name, completion)
         with self.lock:
             self.usage["calls"] += 1
@@ -278,6 +314,15 @@ class _Job:
             self.usage["completion_tokens"] += completion.completion_tokens
             self.usage["engine_seconds"] += completion.seconds
         return completion
+
+    def cut_at(self, completion: Completion) -> str:
+        """Where a cut answer stopped, as the engine counted it: maxGenerationLength, or less when the
+        engine's own context ran out first."""
+        limit = self.flavor.max_generation_length
+        tokens = completion.completion_tokens
+        if tokens and tokens < limit:
+            return f"{tokens} tokens (the engine's context was full before maxGenerationLength, {limit})"
+        return f"{limit} tokens (maxGenerationLength)"
 
     def backoff_sleep(self, seconds: float) -> None:
         """Wait between retries, giving up early when the job is asked to stop."""
@@ -331,7 +376,7 @@ class _Job:
         is summarized (fields == 2: `lines` is the whole summary so far), to save a checkpoint.
         """
         try:
-            completion = self.call(lambda: self.turns_prompt(turns, prior))
+            completion = self.call(lambda: self.turns_prompt(turns, prior), _turns_label(start, turns))
         except ContextOverflowError:
             halves = _halve_turns(turns)
             if halves is None:
@@ -349,8 +394,7 @@ class _Job:
                 log.info("summarize: answer for turn %d (%d turns) cut; halving", start, len(turns))
                 return self.summarize_halves(start, (turns[:len(turns) // 2],
                                                      turns[len(turns) // 2:]), prior, on_half)
-            self.warn(f"the summary of {_turns_label(start, turns)} was cut at "
-                      f"{self.flavor.max_generation_length} tokens (maxGenerationLength); kept as is")
+            self.warn(f"the summary of {_turns_label(start, turns)} was cut at {self.cut_at(completion)}; kept as is")
         return clean_output(completion.text, self.template)
 
     def summarize_halves(self, start: int, halves: tuple[Sequence[Turn], Sequence[Turn]],
@@ -450,7 +494,8 @@ class _Job:
     def reduce_lines(self, lines: list[str], template: str) -> list[str]:
         """One reduce call over these lines; halves them when the answer is cut or too long."""
         try:
-            completion = self.call(chunking.fill_template(template, ["\n".join(lines)]))
+            completion = self.call(chunking.fill_template(template, ["\n".join(lines)]),
+                                   f"a reduce of {len(lines)} summary line{'s' if len(lines) > 1 else ''}")
         except ContextOverflowError:
             if len(lines) < 2:
                 raise
@@ -462,8 +507,7 @@ class _Job:
                 return clean_output(looped, template)
             if len(lines) > 1:
                 return self.reduce_halves(lines, template)
-            self.warn(f"a reduced part of the summary was cut at "
-                      f"{self.flavor.max_generation_length} tokens; kept as is")
+            self.warn(f"a reduced part of the summary was cut at {self.cut_at(completion)}; kept as is")
         return clean_output(completion.text, template)
 
     def reduce_halves(self, lines: list[str], template: str) -> list[str]:

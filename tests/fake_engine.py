@@ -50,6 +50,8 @@ FAULT_KINDS = (
     "context",         # 400 "This model's maximum context length is N tokens. However, ..."
     "malformed",       # 200 with a body that is not JSON
     "empty_choices",   # 200 with "choices": []
+    "empty",           # 200, finish_reason "stop", content "" (option content=<text> sends that
+                       # instead, e.g. only whitespace): an engine answering with nothing
     "length",          # 200, output cut to `words` words (default 3), finish_reason "length"
     "loop",            # 200, the answer's first line, then `phrase` repeated up to max_tokens:
                        # a small model stuck in a loop; finish_reason "length"
@@ -408,7 +410,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         text = eng.reply(prompt) if eng.reply else echo_reply(prompt, eng.words_per_line)
         finish_reason = "stop"
-        if kind == "length":   # cut mid-output, as an engine hitting max_tokens does
+        if kind == "empty":
+            text = str(fault.get("content", ""))
+        elif kind == "length":   # cut mid-output, as an engine hitting max_tokens does
             text, finish_reason = _first_tokens(text, int(fault.get("words", 3))), "length"
         elif kind == "loop":
             first = text.splitlines()[0] if text else ""

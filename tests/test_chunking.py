@@ -1,5 +1,6 @@
 """Virtual turns and batch planning on the shared transcripts, counted by the real tokenizer."""
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,99 @@ def test_empty_and_unnamed_transcripts():
     batches = plan_batches(turns, SUMMARY_TEMPLATE, 1, cra_flavor(), TOK, 0)
     assert all(t.speaker == "" for b in batches for t in b.turns)
     assert_plan_is_sound(turns, batches, SUMMARY_TEMPLATE, 1, cra_flavor(), TOK, 0)
+
+
+# --- long lines without spaces: planning stays linear ------------------------------------------
+
+class CountingTokenizer(Tokenizer):
+    """The real tokenizer, adding up the characters it is given; it stops the test as soon as they
+    pass `budget` (cutting used to count the whole rest of the line at every cut: minutes)."""
+
+    def __init__(self, inner: Tokenizer, budget: int):
+        self.inner, self.budget, self.chars = inner, budget, 0
+        self.name = inner.name
+
+    def _add(self, chars: int) -> None:
+        self.chars += chars
+        assert self.chars <= self.budget, f"more than {self.budget:,} characters tokenized"
+
+    def count(self, text):
+        self._add(len(text))
+        return self.inner.count(text)
+
+    def count_many(self, texts):
+        texts = list(texts)
+        self._add(sum(map(len, texts)))
+        return self.inner.count_many(texts)
+
+    def chat_overhead(self):
+        return self.inner.chat_overhead()
+
+
+def spaceless(size: int) -> str:
+    """A French debate with every space and line break taken out, repeated to `size` characters."""
+    text = "".join(FR_MEDIUM.read_text(encoding="utf-8").split())
+    return (text * (size // len(text) + 1))[:size]
+
+
+def plan_counted(line: str, flavor: Flavor, per_char: int):
+    """Plan one turn holding `line`, allowing the tokenizer `per_char` characters per character of it."""
+    tok = CountingTokenizer(TOK, per_char * len(line))
+    started = time.perf_counter()
+    batches = plan_batches([Turn("Alice", line)], CRA_TEMPLATE, 2, flavor, tok, default_context_reserve(flavor))
+    elapsed = time.perf_counter() - started
+    return batches, tok.chars / len(line), elapsed
+
+
+def assert_line_plan_is_sound(line, batches, flavor):
+    """Every character once, in order; every virtual turn and every prompt within its limit."""
+    virtual = [t for b in batches for t in b.turns]
+    assert "".join(t.text for t in virtual) == line and {t.speaker for t in virtual} == {"Alice"}
+    if flavor.create_new_turn_after:
+        assert max(TOK.count_many([render_turn(t) for t in virtual])) <= flavor.create_new_turn_after
+    budget = flavor.total_context_length - flavor.max_generation_length - default_context_reserve(flavor)
+    counts = TOK.count_many([prompt_of(b, CRA_TEMPLATE, 2) for b in batches])
+    assert max(counts) + TOK.chat_overhead() <= budget
+    assert all(1 <= len(b.turns) <= (flavor.max_new_turns or len(virtual)) for b in batches)
+
+
+def test_a_long_line_without_spaces_is_planned_in_linear_time():
+    """Issue 15: one line without spaces pinned the runner for hours. Cutting it by characters now
+    counts about one piece around each cut: the characters tokenized are a small multiple of the
+    line's, whatever its length (timings are printed, never asserted)."""
+    line = spaceless(1_000_000)
+    batches, per_char, elapsed = plan_counted(line, cra_flavor(), per_char=12)   # about 8 here
+    started = time.perf_counter()
+    TOK.count(line)
+    raw = time.perf_counter() - started
+    print(f"a 1,000,000-character line without spaces planned in {elapsed:.2f} s ({elapsed / raw:.1f} x one "
+          f"raw tokenizer pass of {raw:.2f} s), {per_char:.1f} characters tokenized per character")
+    assert len(batches) >= 300                          # about 2,300 virtual turns of at most 178 tokens
+    assert_line_plan_is_sound(line, batches, cra_flavor())
+
+
+def test_re_planning_after_short_estimates_stays_linear():
+    """With createNewTurnAfter 0 a line is cut to the whole room, and nearly every batch's estimate
+    is a token short (where the line meets the template): each is re-planned. Re-planning recounted
+    every later prompt each time, quadratic in the batches."""
+    flavor = cra_flavor(total_context_length=4096, max_generation_length=512, create_new_turn_after=0,
+                        max_new_turns=0)
+    line = spaceless(400_000)
+    batches, per_char, elapsed = plan_counted(line, flavor, per_char=24)          # about 18 here
+    print(f"a 400,000-character line cut to the whole room: {len(batches)} batches planned in {elapsed:.2f} s, "
+          f"{per_char:.1f} characters tokenized per character")
+    assert_line_plan_is_sound(line, batches, flavor)
+
+
+def test_cutting_by_characters_keeps_its_guarantees():
+    """Each piece is the longest prefix that fits (a tokenizer that counts one token per 2 bytes
+    grows with every character, so the longest is well defined), nothing lost or repeated."""
+    tok = BytePairsTokenizer()
+    for size in (1, 2, 7, 1000):
+        for room in (1, 2, 5, 40):
+            word = spaceless(size) + "é" * (size // 3)
+            pieces = split_text(word, tok, room)
+            assert "".join(pieces) == word
+            assert all(tok.count(p) <= room for p in pieces)
+            assert all(tok.count(p + nxt[0]) > room for p, nxt in zip(pieces, pieces[1:]))
+

@@ -59,6 +59,20 @@ def test_requeue_processing_recovers_jobs_of_a_dead_runner(store):
     assert store.get(b).status == "queued"
 
 
+def test_a_job_whose_cancel_was_asked_ends_cancelled_when_its_runner_died(store):
+    """Queued again, it would never be claimed (a cancel is pending) nor end: it ends cancelled."""
+    job_id = store.create_job(service="s", flavor="f", input_text="a", now=100)
+    store.claim_next(now=100)
+    assert store.cancel(job_id, now=101) == "cancelling"
+    assert store.requeue_processing(now=102) == 0
+    assert store.get(job_id).status == "cancelled"
+    other = store.create_job(service="s", flavor="f", input_text="b", now=200)
+    store.claim_next(now=200, lease_s=10)
+    store.cancel(other, now=201)
+    assert store.take_stalled(quiet_s=30, lease_s=10, now=300) == []      # a lost worker's job
+    assert store.get(other).status == "cancelled"
+
+
 def _claim_all(path, out):
     store = JobStore(path)
     got = []

@@ -5,14 +5,17 @@ import time
 
 import pytest
 
+from app import summarize as summarize_module
 from app.jobs import JobStore
 from app.registry import ServiceRegistry
 from app.runner import Runner
 from app.settings import Settings
 from app.summarize import summarize
+from app.tokenizers import Tokenizer, default_tokenizer
 from tests.manifest_factory import flavor, manifest, write_service
 
 FR_SMALL = open("tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt", encoding="utf-8").read()
+FR_MEDIUM = open("tests/data/fr/fr_medium_an_qag_2013-02-12.txt", encoding="utf-8").read()
 
 
 @pytest.fixture
@@ -217,3 +220,107 @@ def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_en
     assert len(fake_engine.chat_requests()) == 10              # B resumed after A's two batches: none sent twice
     after = store.get(job_id)
     assert (after.status, after.result) == ("complete", job.result)   # A's wake-up changed nothing
+
+
+# --- stopping while planning -----------------------------------------------------------------
+
+# One speaker, then a 1,000,000-character line without a space: cutting it takes seconds of counts.
+SPACELESS = "".join(FR_MEDIUM.split())
+HUGE_LINE = (SPACELESS * (1_000_000 // len(SPACELESS) + 1))[:1_000_000]
+
+
+class HeldTokenizer(Tokenizer):
+    """The default tokenizer, adding up the characters it is given. The first long text (planning
+    counting the transcript's sentences) sets `planning` and is held until `go`: the test acts
+    while the job is planning."""
+
+    def __init__(self):
+        self.inner = default_tokenizer()
+        self.name = self.inner.name
+        self.chars = 0
+        self.planning, self.go = threading.Event(), threading.Event()
+
+    def _seen(self, chars: int) -> None:
+        self.chars += chars
+        if chars >= 100_000 and not self.planning.is_set():
+            self.planning.set()
+            self.go.wait(30)
+
+    def count(self, text):
+        self._seen(len(text))
+        return self.inner.count(text)
+
+    def count_many(self, texts):
+        texts = list(texts)
+        self._seen(sum(map(len, texts)))
+        return self.inner.count_many(texts)
+
+    def chat_overhead(self):
+        return self.inner.chat_overhead()
+
+
+def planning_runner(runner, store, registry, tokenizer, ended: threading.Event) -> Runner:
+    """A runner whose jobs count with `tokenizer`; `ended` is set when a job's summarize returns."""
+    def summarize_with(*args, **kwargs):
+        try:
+            return summarize(*args, **{**kwargs, "tokenizer": tokenizer})
+        finally:
+            ended.set()
+    return Runner(runner.settings, store, registry, summarize_fn=summarize_with)
+
+
+def test_cancel_is_honoured_while_planning(setup, fake_engine, monkeypatch):
+    """Issue 15: DELETE said "cancelling" but a huge input was planned to its end first. Planning
+    now asks should_stop between pieces: the job stops within a piece of the cancel."""
+    runner, store, registry, _ = setup
+    monkeypatch.setattr(summarize_module, "_PLAN_CHECK_SECONDS", 0)   # ask at every piece: no timing here
+    tokenizer, ended = HeldTokenizer(), threading.Event()
+    planner = planning_runner(runner, store, registry, tokenizer, ended)
+    job_id = store.create_job(service="roll", flavor="f", input_text=f"Orateur : {HUGE_LINE}")
+    try:
+        assert planner.tick() == 1
+        assert tokenizer.planning.wait(30)
+        assert store.cancel(job_id) == "cancelling"
+        at_cancel = tokenizer.chars
+        started = time.monotonic()
+        tokenizer.go.set()
+        job = drain(planner, store, [job_id])[0]
+        seconds = time.monotonic() - started
+        assert ended.wait(30)
+    finally:
+        tokenizer.go.set()
+        planner.shutdown(timeout=5)
+    after = tokenizer.chars - at_cancel
+    print(f"cancelled while planning a {len(HUGE_LINE):,}-character line: ended {job.status} {seconds:.2f} s after "
+          f"the cancel, {after:,} more characters tokenized")
+    assert job.status == "cancelled"
+    assert fake_engine.chat_requests() == []
+    # The whole plan tokenizes about 8 times the line; it stopped before counting it once more.
+    assert after < len(HUGE_LINE)
+
+
+def test_a_job_cancelled_while_planning_ends_cancelled_at_shutdown_not_queued(setup, fake_engine):
+    """Issue 15: after SIGTERM a job cancelled while planning came back `queued` (and, asked to
+    cancel, was never claimed again). A job still running when the shutdown gives up on it ends
+    cancelled if that was asked, and planning itself stops at the shutdown."""
+    runner, store, registry, _ = setup
+    tokenizer, ended = HeldTokenizer(), threading.Event()
+    planner = planning_runner(runner, store, registry, tokenizer, ended)
+    job_id = store.create_job(service="roll", flavor="f", input_text=f"Orateur : {HUGE_LINE}")
+    try:
+        assert planner.tick() == 1
+        assert tokenizer.planning.wait(30)
+        assert store.cancel(job_id) == "cancelling"
+        # Planning is held past the shutdown's patience, as a huge input would be.
+        threading.Timer(1.0, tokenizer.go.set).start()
+        planner.shutdown(timeout=0.5)
+        job = store.get(job_id)
+        assert job.status == "cancelled", (job.status, job.message)
+        # Let go, the job's thread stops at its next look at should_stop, not after the whole plan.
+        assert ended.wait(30)
+        at_end = tokenizer.chars
+    finally:
+        tokenizer.go.set()
+    assert at_end < 3 * len(HUGE_LINE)
+    assert store.get(job_id).status == "cancelled" and fake_engine.chat_requests() == []
+

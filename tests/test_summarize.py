@@ -315,11 +315,53 @@ def test_a_tokenize_failure_while_building_a_prompt_is_retried_like_a_failed_cal
     assert_every_turn_sent_once_in_order(turns, sent_turns(ok_requests(fake_engine)))
 
 
+@pytest.mark.parametrize("fields", [2, 1])
+@pytest.mark.parametrize("content", ["", " \n "], ids=["empty", "blank"])
+def test_an_empty_answer_is_retried_like_a_failed_call(fake_engine, fields, content):
+    """Issue 15: a 200 "stop" answer without a word ended the job complete with the batch's turns
+    missing. It is retried like a 503, and the turns are summarized when the engine answers."""
+    turns = load_turns(FR_SMALL)
+    fake_engine.add_fault("empty", content=content)
+    messages = []
+    result = run(fake_engine, turns, fields=fields, on_message=messages.append,
+                 retry_policy=RetryPolicy(max_retries=3), concurrency=1)
+
+    requests = fake_engine.chat_requests()
+    assert requests[0]["fault"] == "empty" and requests[1]["prompt"] == requests[0]["prompt"]   # the same batch again
+    answered = [r for r in requests if r["fault"] is None]
+    sent = sent_turns(answered)
+    assert_every_turn_sent_once_in_order(turns, sent)
+    assert result.text == expected_echo(sent) and result.warnings == []
+    assert result.usage["retries"] == 1 and result.usage["calls"] == len(answered)
+    assert messages == ["the engine returned an empty answer, retrying (1/3)"]
+
+
+@pytest.mark.parametrize("job_retries, tries, budget",
+                         [(None, 3, ""), (1, 2, " (the job's retry budget of 1 is spent)")])
+def test_an_answer_that_stays_empty_fails_the_job_naming_the_turns(fake_engine, job_retries, tries, budget):
+    fake_engine.add_fault("empty", times=10)
+    with pytest.raises(TransientEngineError) as caught:      # transient: a fallback flavor may answer
+        run(fake_engine, load_turns(FR_SMALL), retry_policy=RetryPolicy(max_retries=2), job_retries=job_retries)
+    assert str(caught.value) == f"the engine returned an empty answer for turns 1-4 after {tries} tries{budget}"
+    assert len(fake_engine.chat_requests()) == tries
+    assert caught.value.usage["calls"] == 0 and caught.value.usage["retries"] == tries - 1
+    assert caught.value.usage["failed_calls"] == tries          # every call is counted somewhere
+
+
 def test_a_permanent_error_fails_the_job_with_a_clear_message(fake_engine):
     fake_engine.add_fault("404")
     with pytest.raises(PermanentEngineError, match="does not know model 'fake-model'") as caught:
         run(fake_engine, load_turns(FR_SMALL))
     assert "sk-secret-123" not in str(caught.value)
+    assert caught.value.usage["failed_calls"] == 1 and caught.value.usage["calls"] == 0
+
+
+def test_a_cut_answer_names_where_the_engine_cut_it(fake_engine):
+    """A single turn cut by the engine's own full context (fewer tokens than maxGenerationLength)
+    is named with what the engine generated, not maxGenerationLength."""
+    fake_engine.add_fault("length", times=1, words=7)
+    result = run(fake_engine, [Turn("Alice", "une seule intervention assez longue pour être coupée")])
+    assert any("cut at 7 tokens (the engine's context was full" in w for w in result.warnings), result.warnings
 
 
 # --- checkpoints, stop, resume -------------------------------------------------------------
