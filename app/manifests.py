@@ -68,6 +68,12 @@ class Service:
             return self.flavors[0] if len(self.flavors) == 1 else None
         return next((f for f in self.flavors if f.name == name), None)
 
+    def recorded_for(self, flavor: str) -> dict[str, Any]:
+        """What a job records of the manifest it was accepted with: the service's name and fields and
+        that flavor's entry as written, not every flavor and description (a job stores only what it uses)."""
+        entries = [f for f in self.raw.get("flavor", []) if isinstance(f, dict) and f.get("name") == flavor]
+        return {"name": self.name, "fields": self.fields, "flavor": entries}
+
 
 class ManifestError(ValueError):
     """A manifest or template that cannot be loaded; the message names the problem."""

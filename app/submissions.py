@@ -24,6 +24,21 @@ class QueueUnavailable(RuntimeError):
     """The job could not be handed to the workers' queue (the broker does not answer); nothing was kept."""
 
 
+def shown(value, most: int = 80) -> str:
+    """A value as an error message may echo it: quoted, and cut (a 5 MB flavor is not sent back)."""
+    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= most else text[:most] + "…'"
+
+
+def check_text(name: str, value: str | None) -> None:
+    """Refuse text that cannot be stored: a lone surrogate ('\\ud800' in JSON) is not UTF-8."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidSubmission(f"'{name}' contains invalid Unicode (a lone surrogate); send UTF-8 text.") from None
+
+
 def _check_range(name: str, value: float | None, low: float, high: float, low_open: bool = False) -> None:
     if value is None:
         return
@@ -41,22 +56,24 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
     sent to the Celery workers once stored; if the broker does not answer, the stored job is
     removed again and QueueUnavailable is raised, so a client never holds an id nobody will run.
     """
+    check_text("flavor", flavor)
     service = registry.get(service_name)
     if service is None:
-        raise NotFound(f"No service called '{service_name}'. Known services: "
+        raise NotFound(f"No service called {shown(service_name)}. Known services: "
                        f"{', '.join(sorted(registry.snapshot.services)) or 'none'}.")
     chosen = service.flavor(flavor)
     if chosen is None:
         names = ", ".join(f.name for f in service.flavors)
         if not flavor:
             raise InvalidSubmission(f"Service '{service.name}' has several flavors; choose one with 'flavor' ({names}).")
-        raise NotFound(f"Service '{service.name}' has no flavor '{flavor}'. Its flavors: {names}.")
+        raise NotFound(f"Service '{service.name}' has no flavor {shown(flavor)}. Its flavors: {names}.")
     _check_range("temperature", temperature, 0.0, 2.0)
     _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
     try:
         # Decoded once and stored as text, so the runner parses exactly what was validated here;
         # parse_transcript raises when the text has no words.
         text = content if isinstance(content, str) else decode_bytes(content)
+        check_text("content", text)
         parse_transcript(text, filename)
     except TranscriptError as exc:
         raise InvalidSubmission(str(exc)) from None
@@ -68,7 +85,8 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
     # Recorded with the job: what it was accepted with, whatever happens to the folder later.
     template, _ = current_template(service)
     job_id = store.create_job(service=service.name, flavor=chosen.name, input_text=text, params=params,
-                              input_name=filename, manifest=service.raw, template=template)
+                              input_name=filename, manifest=service.recorded_for(chosen.name),
+                              template=template)
     if queue is not None:
         try:
             queue.enqueue(job_id)

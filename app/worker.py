@@ -86,7 +86,7 @@ class Worker:
         # services folder it sees. A difference is normal after an edit, a sign of an unsynced
         # folder otherwise: say it.
         service = self.registry.get(job.service)
-        if job.manifest is not None and service is not None and service.raw != job.manifest:
+        if job.manifest is not None and service is not None and service.recorded_for(job.flavor) != job.manifest:
             log.info("worker: job %s was accepted with another version of service '%s'; it runs with the one"
                      " loaded here", job.id, job.service)
 

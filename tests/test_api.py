@@ -144,12 +144,28 @@ def test_running_jobs_show_the_seeds_words(client, app):
     ("/services/%2e%2e/generate", {"json": {"content": "A : b"}}, 404, ""),
     ("/services/../generate", {"json": {"content": "A : b"}}, 404, ""),
     ("/services/one/../../generate", {"json": {"content": "A : b"}}, 404, ""),
+    # Hardening, second round (each was a 5xx, a silent drop or a misleading message before).
+    ("/services/one/generate", {"data": "[" * 100_000 + "]" * 100_000, "content_type": "application/json"}, 400,
+     "nested too deeply"),
+    ("/services/one/generate", {"data": '{"content": "A : b \\ud800 c"}', "content_type": "application/json"}, 400,
+     "lone surrogate"),
+    ("/services/one/generate", {"data": {"file": (b"[" * 100_000 + b"]" * 100_000, "deep.json")}}, 400,
+     "nested too deeply"),
+    ("/services/one/generate", {"data": {"file": [(b"A : b", "a.txt"), (b"C : d", "c.txt")]}}, 400,
+     "several 'file' parts"),
+    ("/services/one/generate", {"data": {"file": (b"A : b", "a.txt"), **{f"f{i}": "x" for i in range(2_000)}}},
+     413, "too many fields"),
+    ("/services/two/generate", {"json": {"content": "A : b", "flavor": "z" * 500_000}}, 404, "no flavor 'zzz"),
 ])
 def test_bad_submissions_get_a_clear_4xx(client, app, path, kwargs, status, needle):
     # Uploads are given as (bytes, name): a fresh file object for each store the test runs on.
+    def upload(value):
+        if isinstance(value, list):
+            return [upload(v) for v in value]
+        return (io.BytesIO(value[0]), value[1]) if isinstance(value, tuple) else value
+
     if isinstance(kwargs.get("data"), dict):
-        kwargs = {**kwargs, "data": {k: (io.BytesIO(v[0]), v[1]) if isinstance(v, tuple) else v
-                                     for k, v in kwargs["data"].items()}}
+        kwargs = {**kwargs, "data": {k: upload(v) for k, v in kwargs["data"].items()}}
     before = app.extensions["store"].count_by_status()
     body = assert_error(client.post(path, **kwargs), status)
     assert needle in body["message"]
@@ -409,6 +425,8 @@ def test_with_a_broker_jobs_are_stored_with_their_manifest_then_enqueued(client,
     assert queue.sent == [job_id]
     job = app.extensions["store"].get(job_id)
     assert job.status == "queued" and job.manifest["name"] == "one"
+    # Only what the job uses: its flavor's entry, not the other flavors nor the descriptions.
+    assert job.manifest == {"name": "one", "fields": 1, "flavor": [flavor()]}
     assert job.template == (services_dir / "one.txt").read_text()
     assert "manifest" not in client.get(f"/results/{job_id}").get_json()   # nothing new in the API
 
