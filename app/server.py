@@ -1,13 +1,26 @@
 """Serving the Flask app with Gunicorn, started from Python (no gunicorn command line)."""
 from __future__ import annotations
 
+import json
+
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from app.settings import Settings
 
+WORKER_CONNECTIONS = 1000
+
 
 class GatewayServer(BaseApplication):
-    """Gunicorn with gthread workers; each worker builds its own app after the fork."""
+    """Gunicorn with gevent workers; each worker builds its own app after the fork.
+
+    gevent, not threads: a connection that waits (a client trickling its body or its headers,
+    an event stream, a websocket) costs a greenlet, not one of a few threads, so slow or hostile
+    clients cannot hold every worker's threads and take the API down (gthread's 2 x 8 threads
+    were held by 16 such connections). The worker monkey-patches the standard library before
+    the app is loaded, so the app's threads (the watched registry) become greenlets and its
+    sockets cooperate; psycopg sees the patch and waits cooperatively too.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -19,9 +32,9 @@ class GatewayServer(BaseApplication):
             "bind": f"{s.host}:{s.service_port}",
             "workers": s.workers,
             "timeout": s.timeout,
-            # gthread: a slow client holds a thread, not the whole worker.
-            "worker_class": "gthread",
-            "threads": s.worker_threads,
+            "worker_class": "app.server.GeventWorker",
+            # Connections a worker holds at once (greenlets are cheap; the OS's file limit is the bound).
+            "worker_connections": WORKER_CONNECTIONS,
             "graceful_timeout": 10,
             "loglevel": "debug" if s.debug else "info",
             "accesslog": None,
@@ -43,12 +56,50 @@ class GatewayServer(BaseApplication):
             options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
+        # Gunicorn answers what it refuses itself (a malformed request line, a header section too
+        # large: 400, 414, 431) with an HTML page; ours is the gateway's one JSON error shape.
+        gunicorn_util.write_error = write_json_error
 
     def load(self):
         from app.logs import configure_logging
         from app.web import create_app
         configure_logging(self.settings, "web")
         return create_app(self.settings)
+
+
+try:
+    from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
+except ImportError:          # gevent missing: Gunicorn says so when it loads the worker class
+    _GunicornGeventWorker = object
+
+
+class GeventWorker(_GunicornGeventWorker):
+    """Gunicorn's gevent worker, with the standard library's queue classes left as they are.
+
+    gevent replaces queue.Queue with its own class, whose internals differ; watchdog subclasses
+    queue.Queue for its event queue and then fails on the first file event, so hot reload
+    stopped in every web worker. The standard Queue is built on threading's locks, which the
+    patch makes cooperative anyway.
+    """
+
+    def patch(self) -> None:
+        super().patch()
+        import queue
+
+        from gevent import monkey
+        for name in ("Queue", "LifoQueue", "PriorityQueue", "SimpleQueue"):
+            original = monkey.get_original("queue", name)
+            if original is not None:
+                setattr(queue, name, original)
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn.util.write_error's signature, writing the JSON error shape (app/web/errors.py)."""
+    from app.web.errors import error_body
+    body = json.dumps(error_body(status_int, f"{reason}: {mesg}" if mesg else reason)).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    gunicorn_util.write_nonblock(sock, head + body)
 
 
 def _streams_end_with_worker(worker) -> None:

@@ -47,7 +47,7 @@ class Settings:
     cors_origins: str = _setting("--cors_origins", "CORS_ORIGINS", "", "Comma-separated origins allowed by CORS (empty: CORS off).")
     result_ttl_days: float = _setting("--result_ttl_days", "RESULT_TTL_DAYS", 30, "Finished jobs older than this are deleted (0 keeps them forever).", float)
     reload_debounce: float = _setting("--reload_debounce", "RELOAD_DEBOUNCE", 0.3, "Seconds of quiet before the services folder is reloaded.", float)
-    worker_threads: int = _setting("--worker_threads", "WORKER_THREADS", 8, "Threads per Gunicorn worker: requests served at once; each open event stream holds one.", int)
+    max_streams: int = _setting("--max_streams", "MAX_STREAMS", 64, "Event streams and websockets one Gunicorn worker serves at once (over it: 503, poll instead).", int)
     log_format: str = _setting("--log_format", "LOG_FORMAT", "text", "Log line format: text or json (one JSON object per line).")
     result_db_url: str = _setting("--result_db_url", "RESULT_DB_URL", "", "Job store URL, e.g. postgresql://user:pass@host/db, shared by every node (empty: SQLite at --db_path).")
     broker_url: str = _setting("--broker_url", "BROKER_URL", "", "Celery broker, e.g. redis://host:6379/0: jobs go to `python3 -m app worker` processes instead of the local runner.")
@@ -57,7 +57,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name, low in (("service_port", 0), ("workers", 1), ("timeout", 1), ("max_concurrent_jobs", 1),
                           ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("engine_job_retries", 0), ("max_upload_mb", 1),
-                          ("worker_threads", 1), ("visibility_timeout", 2), ("job_lease", 1)):
+                          ("max_streams", 1), ("visibility_timeout", 2), ("job_lease", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
         if self.log_format not in ("text", "json"):

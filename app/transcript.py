@@ -182,6 +182,8 @@ def _label_strength(label: str) -> int:
     first = words[0].lower()
     if first in _HONORIFICS or _SPEAKER_ID.match(name.strip()):
         return STRONG
+    if len(words) == 1 and len(label) == 1 and label.isupper():
+        return STRONG      # "E : …", "Y : …": one-letter speakers, though "e" and "y" are particles
     significant = [w for w in words if w.lower() not in _PARTICLES]
     all_caps = bool(significant) and all(_is_capitalized(w) for w in significant)
     if all_caps and not role:
@@ -355,6 +357,8 @@ def _parse_json(text: str) -> list[Turn]:
         body = json.loads(text)
     except ValueError as exc:
         raise TranscriptError(f"The JSON transcript is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise TranscriptError("The JSON transcript is nested too deeply to be a list of segments.") from None
     segments = body.get("segments") if isinstance(body, dict) else body
     if not isinstance(segments, list):
         raise TranscriptError('A JSON transcript must be a list of segments or {"segments": [...]}.')
@@ -387,6 +391,8 @@ def _sniff(text: str) -> str:
             return "json"
         except ValueError:
             pass
+        except RecursionError:
+            return "json"          # JSON, too deep to be segments: _parse_json says so
     first = [ln for ln in head.splitlines()[:4] if ln.strip()]
     if len(first) >= 2 and first[0].strip().isdigit() and _CUE_TIMING.match(first[1]):
         return "srt"

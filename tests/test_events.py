@@ -28,7 +28,7 @@ def app(tmp_path):
     write_service(str(folder), "one", manifest(name="one", fields=1))
     registry = ServiceRegistry(str(folder))
     registry.reload()
-    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), worker_threads=2)
+    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), max_streams=1)
     return create_app(settings, registry=registry)
 
 
@@ -124,7 +124,7 @@ def test_streams_per_worker_are_capped_leaving_a_thread_for_other_requests(app):
     store: JobStore = app.extensions["store"]
     job_id = store.create_job(service="one", flavor="small", input_text="A : b")
     client = app.test_client()
-    first = client.get(f"/results/{job_id}/events", buffered=False)   # worker_threads=2: one stream
+    first = client.get(f"/results/{job_id}/events", buffered=False)   # max_streams=1: one stream
     assert first.status_code == 200
     second = client.get(f"/results/{job_id}/events", buffered=False)
     assert second.status_code == 503 and second.get_json()["status"] == 503 and second.headers["Retry-After"]

@@ -21,10 +21,14 @@ class ApiError(Exception):
         self.kind = kind
 
 
+def error_body(status: int, message: str, kind: str | None = None) -> dict:
+    """The one error shape."""
+    return {"error": kind or _KINDS.get(status, "error"), "message": message, "status": status}
+
+
 def error_response(status: int, message: str, kind: str | None = None, headers=None):
     """The JSON error body and status every error handler returns."""
-    kind = kind or _KINDS.get(status, "error")
-    response = jsonify({"error": kind, "message": message, "status": status})
+    response = jsonify(error_body(status, message, kind))
     response.status_code = status
     for name, value in headers or ():
         if name.lower() != "content-type":
@@ -58,9 +62,15 @@ def drain_body(limit: int) -> None:
         return          # the client went away, or sent a broken chunked body
 
 
+try:
+    from gunicorn.http.errors import ParseException as _MALFORMED_BODY
+except ImportError:           # not served by Gunicorn (tests' Flask client)
+    _MALFORMED_BODY = ()
+
 _KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-          422: "unprocessable", 429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
+          406: "not_acceptable", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+          414: "uri_too_long", 415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests",
+          431: "headers_too_large", 500: "internal_error", 503: "unavailable"}
 
 
 def init_app(app: Flask) -> None:
@@ -75,6 +85,10 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"The upload is larger than the limit of {limit // (1024 * 1024)} MB." if limit else exc.description
+            if limit and request.content_length is not None and request.content_length <= limit:
+                # Werkzeug's form parser answers 413 to too many parts in a small body too.
+                message = (f"The form has too many fields or parts (at most {app.config.get('MAX_FORM_PARTS', 1000)}"
+                           f" are read).")
             if limit:
                 drain_body(limit)
             response = error_response(413, message)
@@ -87,5 +101,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if isinstance(exc, _MALFORMED_BODY):
+            # Gunicorn found the body broken while the app read it (an invalid chunk size).
+            return error_response(400, f"The request body is malformed: {exc}.")
         log.exception("unexpected error while serving a request")
         return error_response(500, "Internal error; see the gateway's logs.")

@@ -1,8 +1,8 @@
 """Live progress of a job as Server-Sent Events: GET /results/<id>/events.
 
-Each stream holds one Gunicorn worker thread while it polls SQLite (one small indexed read
-every POLL_S), so a worker serves at most `worker_threads - 1` streams: one thread is always
-left for other requests, and a stream over the cap gets 503 (clients then poll GET /results/<id>).
+Each stream is a greenlet of its Gunicorn worker that reads the job's state from the store (one
+small indexed read every POLL_S). Cheap, but not free: a worker serves at most `max_streams`
+streams and websockets together, and one over the cap gets 503 (clients then poll GET /results/<id>).
 """
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def job_events(job_id: str):
 
 
 def init_app(app, settings) -> None:
-    """Cap this worker's streams, leaving one thread for other requests."""
-    app.extensions["event_streams"] = threading.BoundedSemaphore(max(1, settings.worker_threads - 1))
+    """Cap this worker's streams (event streams and websockets together)."""
+    app.extensions["event_streams"] = threading.BoundedSemaphore(settings.max_streams)
 
 
 def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: True) -> Iterator[str]:

@@ -65,11 +65,11 @@ def _number(name: str, raw) -> float | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool):
-        raise ApiError(400, f"'{name}' must be a number, got {raw!r}.")
+        raise ApiError(400, f"'{name}' must be a number, got {submissions.shown(raw)}.")
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise ApiError(400, f"'{name}' must be a number, got {raw!r}.") from None
+        raise ApiError(400, f"'{name}' must be a number, got {submissions.shown(raw)}.") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise ApiError(400, f"'{name}' must be a finite number.")
     return value
@@ -78,7 +78,10 @@ def _number(name: str, raw) -> float | None:
 def _read_submission() -> dict:
     """The submission from a multipart form or a JSON body, as plain values."""
     if request.mimetype == "application/json":
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:            # silent=True only covers invalid JSON
+            raise ApiError(400, "The JSON body is nested too deeply.") from None
         if not isinstance(data, dict):
             raise ApiError(400, "The JSON body must be an object: {\"content\": ..., \"flavor\": ...}.")
         content = data.get("content")
@@ -94,6 +97,8 @@ def _read_submission() -> dict:
         return {"content": content, "filename": data.get("filename") if isinstance(data.get("filename"), str) else None,
                 "flavor": flavor, "temperature": data.get("temperature"), "top_p": data.get("top_p")}
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if len(request.files.getlist("file")) > 1:
+            raise ApiError(400, "Send one transcript: the form has several 'file' parts.")
         upload = request.files.get("file")
         text = request.form.get("content")
         if upload is not None and text:

@@ -10,8 +10,8 @@ again, and the seed's v1 pushed every job's changes; a client skips the ids it d
 `ws /ws/results/<id>`: one job's state at once and at each change, without `alive`; the socket
 is closed once the job has ended.
 
-A socket holds one Gunicorn thread, like an event stream, and takes one of the same slots
-(`events.init_app`): over the cap, the upgrade is answered 503 and the client polls instead.
+A socket is a greenlet of its Gunicorn worker, like an event stream, and takes one of the same
+slots (`events.init_app`): over the cap, the upgrade is answered 503 and the client polls instead.
 Bad input closes the socket with a reason (1003 not JSON text, 1008 not an array of ids or too
 many, 1009 a message over MAX_MESSAGE_BYTES) and touches nothing else. A client that stops
 reading is found out by the ping it does not answer (PING_S) or by a send that cannot complete
