@@ -315,3 +315,8 @@ def test_every_piece_of_a_long_spk1_turn_keeps_its_label():
     assert len(pieces) > 3
     assert [p.speaker for p in pieces] == ["spk1"] * (len(pieces) - 1) + ["spk2"]
     assert all(render_turn(p).startswith(f"{p.speaker} : ") for p in pieces)
+
+
+def test_one_letter_speakers_even_particles_and_a_blank_line_between():
+    # "e" and "y" are name particles ("Maria e Silva"); alone and capitalised they are speakers.
+    assert parse_transcript("D : four\n\nE : five\nY : six") == [Turn("D", "four"), Turn("E", "five"), Turn("Y", "six")]
