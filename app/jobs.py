@@ -12,6 +12,12 @@ so two runners or workers never take the same job. A claim gives the job an `own
 and a lease: whoever runs it renews `updated_at`, and a job left `processing` by a worker
 that died can be claimed again once its lease has run out; the late writes of a worker that
 lost its job are refused (every write made for an owner checks it still owns the job).
+
+What a running job writes is kept apart from what it never changes, because SQLite (and
+PostgreSQL's MVCC) rewrite a whole row on UPDATE: the upload lives in `job_inputs`, written
+once, and a checkpoint's growing part (the summary lines so far, the finished batches) lives
+in `job_parts`, one row per checkpoint holding only what that checkpoint added. The `jobs` row,
+updated at every batch, holds the small rest (progress, message, the checkpoint's counters).
 """
 from __future__ import annotations
 
@@ -49,13 +55,16 @@ QUEUED, PROCESSING = JobStatus.QUEUED.value, JobStatus.PROCESSING.value
 
 # Columns added after the first release: an existing database gets them at init_schema().
 ADDED_COLUMNS = ("manifest", "template", "owner")
+# The key of a stored checkpoint head saying which of its keys lives in job_parts, and whether
+# that key is a list (parts concatenated) or a dict (parts merged, in insertion order).
+PARTS = "_parts"
 # Columns a view of a job (GET /results, listings) never shows and that can be large: the
 # upload (megabytes), the checkpoint (the summary so far), the manifest and template snapshot.
 # Views read them as empty, so a poll reads a few hundred bytes, not the whole row.
 NOT_VIEWED = {"input_text": "''", "checkpoint": "NULL", "manifest": "NULL", "template": "NULL"}
 
 
-def _tables(dialect: str) -> tuple[MetaData, Table, Table]:
+def _tables(dialect: str) -> tuple[MetaData, Table, Table, Table, Table]:
     """The schema, identical on both dialects but for the insertion-order column.
 
     SQLite orders ties of `created_at` by its implicit `rowid`; PostgreSQL has no rowid, so
@@ -67,7 +76,7 @@ def _tables(dialect: str) -> tuple[MetaData, Table, Table]:
         Column("service", Text, nullable=False),
         Column("flavor", Text, nullable=False),
         Column("params", Text, nullable=False, server_default=text("'{}'")),
-        Column("input_text", Text, nullable=False),
+        Column("input_text", Text, nullable=False),   # '' since job_inputs; older jobs' uploads stay here
         Column("input_name", Text),
         Column("status", Text, nullable=False),
         Column("progress", Integer, nullable=False, server_default=text("0")),
@@ -97,7 +106,19 @@ def _tables(dialect: str) -> tuple[MetaData, Table, Table]:
                        Column("name", Text, primary_key=True),
                        Column("at", Float, nullable=False),
                        Column("info", Text, nullable=False, server_default=text("'{}'")))
-    return metadata, jobs, heartbeats
+    # The upload, written once at create_job: never in the row every progress write rewrites.
+    inputs = Table("job_inputs", metadata,
+                   Column("id", Text, primary_key=True),
+                   Column("input_text", Text, nullable=False))
+    # A checkpoint's growing part, appended: `seq` is how many items the parts before it hold,
+    # so the parts of a job read in seq order rebuild it, and "keep the first k" is seq < k.
+    # WITHOUT ROWID on SQLite: the parts are stored in their key's order, in one b-tree.
+    parts = Table("job_parts", metadata,
+                  Column("job_id", Text, primary_key=True),
+                  Column("seq", Integer, primary_key=True, autoincrement=False),
+                  Column("data", Text, nullable=False),
+                  sqlite_with_rowid=False)
+    return metadata, jobs, heartbeats, inputs, parts
 
 
 @dataclass(frozen=True)
@@ -134,7 +155,8 @@ class Job:
         data = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
         data.pop("seq", None)
         data["params"] = json.loads(data["params"] or "{}")
-        data["checkpoint"] = json.loads(data["checkpoint"]) if data["checkpoint"] else None
+        if isinstance(data["checkpoint"], str):      # else already decoded (JobStore._full_job)
+            data["checkpoint"] = json.loads(data["checkpoint"]) if data["checkpoint"] else None
         data["usage"] = json.loads(data["usage"]) if data["usage"] else None
         data["warnings"] = json.loads(data["warnings"]) if data["warnings"] else []
         data["cancel_requested"] = bool(data["cancel_requested"])
@@ -192,7 +214,7 @@ class JobStore:
         self.url = database_url(path)
         self.busy_timeout_s = busy_timeout_s
         self.dialect = make_url(self.url).get_backend_name()
-        self.metadata, self.jobs, self.heartbeats = _tables(self.dialect)
+        self.metadata, self.jobs, self.heartbeats, self.inputs, self.parts = _tables(self.dialect)
         self._job_columns = [c for c in self.jobs.c if c.name != "seq"]
         # Ties of created_at are ordered by insertion: rowid on SQLite, seq elsewhere.
         self._insertion = literal_column("rowid") if self.is_sqlite else self.jobs.c.seq
@@ -207,7 +229,7 @@ class JobStore:
         self._select_cancel = select(j.c.cancel_requested).where(j.c.id == bindparam("job_id"))
         self._select_holder = select(j.c.status, j.c.owner).where(j.c.id == bindparam("job_id"))
         self._compiled: dict[int, tuple[str, tuple[str, ...] | None]] = {}
-        self._readers = threading.local()      # SQLite: each thread's read connection (_read_sqlite)
+        self._readers = _os_thread_local()     # SQLite: each thread's read connection (_read_sqlite)
         self._reader_list: list[tuple[int, Any]] = []   # (pid, connection) of every thread, for close()
         self._engine: Engine | None = None
         self._pid = 0
@@ -269,7 +291,7 @@ class JobStore:
         """Close this process's connections."""
         with self._lock:
             readers, self._reader_list = self._reader_list, []
-            self._readers = threading.local()
+            self._readers = _os_thread_local()
         for pid, reader in readers:
             if pid == os.getpid():          # a forked child leaves its parent's connections alone
                 reader.close()              # back to the pool, which dispose() then closes
@@ -286,8 +308,12 @@ class JobStore:
                 yield conn
 
     @contextmanager
-    def _reading(self) -> Iterator[Connection]:
+    def _reading(self, snapshot: bool = False) -> Iterator[Connection]:
         with self._get_engine().connect() as conn:
+            if snapshot and not self.is_sqlite:
+                # Several statements that must agree (a job's row and its parts): one snapshot.
+                # SQLite's read transaction is one snapshot already.
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
 
@@ -324,15 +350,23 @@ class JobStore:
         job_id = str(uuid.uuid4())
         with self.transaction() as conn:
             conn.execute(insert(self.jobs).values(
-                id=job_id, service=service, flavor=flavor, params=json.dumps(params or {}), input_text=input_text,
+                id=job_id, service=service, flavor=flavor, params=json.dumps(params or {}), input_text="",
                 input_name=input_name, status=QUEUED, message="queued", created_at=now, updated_at=now,
                 manifest=_json_or_none(manifest), template=template))
+            conn.execute(insert(self.inputs).values(id=job_id, input_text=input_text))
         return job_id
 
     def delete(self, job_id: str) -> bool:
         """Remove a job whatever its state (e.g. one that could not be handed to the queue)."""
         with self.transaction() as conn:
-            return conn.execute(delete(self.jobs).where(self.jobs.c.id == job_id)).rowcount > 0
+            return self._delete_jobs(conn, self.jobs.c.id == job_id) > 0
+
+    def _delete_jobs(self, conn: Connection, where) -> int:
+        """Delete the jobs matching `where`, with their inputs and checkpoint parts; return how many."""
+        ids = select(self.jobs.c.id).where(where)
+        conn.execute(delete(self.parts).where(self.parts.c.job_id.in_(ids)))
+        conn.execute(delete(self.inputs).where(self.inputs.c.id.in_(ids)))
+        return conn.execute(delete(self.jobs).where(where)).rowcount
 
     def _claim_values(self, now: float, owner: str | None) -> dict[str, Any]:
         j = self.jobs
@@ -357,7 +391,7 @@ class JobStore:
         with self.transaction() as conn:
             row = conn.execute(update(self.jobs).where(self.jobs.c.id == oldest)
                                .values(**self._claim_values(now, owner)).returning(*self._job_columns)).first()
-        return Job.from_row(row) if row else None
+            return self._full_job(conn, row) if row else None
 
     def claim(self, job_id: str, lease_s: float, now: float | None = None, owner: str | None = None) -> Job | None:
         """Atomically take one job by id: if queued, or processing with a lease run out; else None."""
@@ -368,7 +402,7 @@ class JobStore:
                 j.c.id == job_id, j.c.cancel_requested == 0,
                 or_(j.c.status == QUEUED, and_(j.c.status == PROCESSING, j.c.updated_at < now - lease_s)))
                 .values(**self._claim_values(now, owner)).returning(*self._job_columns)).first()
-        return Job.from_row(row) if row else None
+            return self._full_job(conn, row) if row else None
 
     def _mine(self, job_id: str, owner: str | None):
         """The WHERE clause of a write by a job's holder: still processing, and still its own."""
@@ -388,19 +422,58 @@ class JobStore:
         return held
 
     def save_progress(self, job_id: str, progress: int, checkpoint: dict[str, Any] | None = None,
-                      message: str | None = None, now: float | None = None, owner: str | None = None) -> bool:
-        """Record a running job's progress (never lowered) and its resume point; False if not held."""
+                      message: str | None = None, now: float | None = None, owner: str | None = None, *,
+                      grows: str | None = None, kept: int = 0) -> bool:
+        """Record a running job's progress (never lowered) and its resume point; False if not held.
+
+        With `grows`, the checkpoint's key of that name (a list, or a dict in insertion order)
+        holds everything so far, of which the store already has the first `kept` items (from
+        the previous checkpoint): only the rest is written, as one part. Without it, or with
+        kept=0, the checkpoint replaces the stored one whole.
+        """
         now = time.time() if now is None else now
         j = self.jobs
         progress = int(progress)
         values: dict[str, Any] = {"progress": case((j.c.progress < progress, progress), else_=j.c.progress),
                                   "updated_at": now}
+        items: list | None = None          # the growing key's items, when there is one
+        is_dict = False
         if checkpoint is not None:
-            values["checkpoint"] = json.dumps(checkpoint)
+            head = dict(checkpoint)
+            if grows is not None and grows in head:
+                value = head.pop(grows)
+                is_dict = isinstance(value, dict)
+                items = list(value.items()) if is_dict else value
+                kept = max(0, min(int(kept), len(items)))
+                head[PARTS] = {"key": grows, "dict": is_dict}
+            values["checkpoint"] = json.dumps(head)
         if message is not None:
             values["message"] = message
         with self.transaction() as conn:
-            return conn.execute(update(j).where(self._mine(job_id, owner)).values(**values)).rowcount > 0
+            # The job row first: a writer that lost the job gets rowcount 0 and writes no part.
+            held = conn.execute(update(j).where(self._mine(job_id, owner)).values(**values)).rowcount > 0
+            if held and checkpoint is not None:
+                self._write_parts(conn, job_id, items, is_dict, kept if items is not None else 0)
+            return held
+
+    def _write_parts(self, conn: Connection, job_id: str, items: list | None, is_dict: bool, kept: int) -> None:
+        """Keep the job's parts holding its first `kept` items, drop the rest, append items[kept:]."""
+        p = self.parts
+        if kept:
+            # Trust, but check that the parts end at `kept`: a checkpoint stored whole (by an
+            # older version, or without `grows`) has no parts, and appending to it would leave
+            # a hole. Then it is written whole once more.
+            last = conn.execute(select(p.c.seq, p.c.data).where(p.c.job_id == job_id, p.c.seq < kept)
+                                .order_by(p.c.seq.desc()).limit(1)).first()
+            if last is None or last.seq + len(json.loads(last.data)) != kept:
+                kept = 0
+        # Parts past what is kept belong to an older checkpoint (one that went further on
+        # another plan, or a write whose commit was not seen): this one replaces them.
+        conn.execute(delete(p).where(p.c.job_id == job_id, p.c.seq >= kept))
+        added = items[kept:] if items else []
+        if added:
+            data = json.dumps(dict(added) if is_dict else added)
+            conn.execute(insert(p).values(job_id=job_id, seq=kept, data=data))
 
     def set_message(self, job_id: str, message: str, now: float | None = None, owner: str | None = None) -> bool:
         """Update a running job's message (e.g. retries)."""
@@ -489,7 +562,7 @@ class JobStore:
                 conn.execute(update(j).where(j.c.id == job_id).values(
                     cancel_requested=1, message="cancelling: stops before its next batch"))
                 return "cancelling"
-            conn.execute(delete(j).where(j.c.id == job_id))
+            self._delete_jobs(conn, j.c.id == job_id)
             return "deleted"
 
     def mark_cancelled(self, job_id: str, now: float | None = None, owner: str | None = None) -> bool:
@@ -505,8 +578,7 @@ class JobStore:
         now = time.time() if now is None else now
         j = self.jobs
         with self.transaction() as conn:
-            return conn.execute(delete(j).where(j.c.status.in_(FINISHED),
-                                                j.c.finished_at < now - older_than_s)).rowcount
+            return self._delete_jobs(conn, and_(j.c.status.in_(FINISHED), j.c.finished_at < now - older_than_s))
 
     def beat(self, name: str, info: dict[str, Any] | None = None, now: float | None = None) -> None:
         """Record that a background process (e.g. the runner) is alive."""
@@ -531,8 +603,43 @@ class JobStore:
 
     def get(self, job_id: str, *, full: bool = True) -> Job | None:
         """One job, or None; with full=False, without the columns a view never shows (NOT_VIEWED)."""
-        row = self._read_by_id(self._select_job if full else self._select_view, job_id)
-        return Job.from_row(row) if row else None
+        if not full:
+            row = self._read_by_id(self._select_view, job_id)
+            return Job.from_row(row) if row else None
+        with self._reading(snapshot=True) as conn:
+            row = conn.execute(self._select_job, {"job_id": job_id}).first()
+            return self._full_job(conn, row) if row else None
+
+    def _full_job(self, conn: Connection, row: Any) -> Job:
+        """The job of a jobs row with its upload and its whole checkpoint, read on `conn` (the
+        same transaction as the row, so the checkpoint's head and parts agree)."""
+        data = dict(row._mapping)
+        stored = conn.execute(select(self.inputs.c.input_text).where(self.inputs.c.id == data["id"])).scalar()
+        if stored is not None:          # else a job created before job_inputs: its upload is in the row
+            data["input_text"] = stored
+        data["checkpoint"] = self._assemble(conn, data["id"], data["checkpoint"])
+        return Job.from_row(data)
+
+    def _assemble(self, conn: Connection, job_id: str, head_json: str | None) -> dict[str, Any] | None:
+        """The whole checkpoint: its head, with the growing key rebuilt from its parts in order."""
+        if not head_json:
+            return None
+        head = json.loads(head_json)
+        spec = head.pop(PARTS, None)
+        if spec is None:                # written whole (by a caller without `grows`, or before job_parts)
+            return head
+        p = self.parts
+        rows = conn.execute(select(p.c.seq, p.c.data).where(p.c.job_id == job_id).order_by(p.c.seq)).all()
+        items: Any = {} if spec["dict"] else []
+        for seq, data in rows:
+            if seq != len(items):
+                # Never resume from a checkpoint with a hole: starting over re-sends batches, a
+                # hole would drop their summary.
+                return None
+            chunk = json.loads(data)
+            items.update(chunk) if spec["dict"] else items.extend(chunk)
+        head[spec["key"]] = items
+        return head
 
     def get_state(self, job_id: str) -> tuple[str, int, str] | None:
         """A job's (status, progress, message), or None: cheap enough to poll (no input, no result)."""
@@ -621,6 +728,20 @@ class JobStore:
         with self._reading() as conn:
             rows = conn.execute(select(j.c.status, func.count().label("n")).group_by(j.c.status)).all()
         return {row.status: row.n for row in rows}
+
+
+def _os_thread_local():
+    """Storage per OS thread. Under gevent's patch (the web workers), threading.local is per
+    greenlet: every request would open a read connection of its own and keep it for ever (a
+    file descriptor each). Greenlets of one thread share its connection safely: a sqlite3 call
+    never yields to another greenlet midway."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return threading.local()
+    if monkey.is_module_patched("threading"):
+        return monkey.get_original("threading", "local")()
+    return threading.local()
 
 
 def open_store(settings: Any) -> JobStore:

@@ -193,13 +193,20 @@ class Runner:
             turns, template=template, fields=service.fields, flavor=flavor, tokenizer=tokenizer, engine=engine,
             temperature=job.params.get("temperature", flavor.temperature), top_p=job.params.get("top_p", flavor.top_p),
             reduce_template=reduce_template, checkpoint=checkpoint,
-            on_checkpoint=lambda progress, state: self.store.save_progress(job.id, progress, state, "processing",
-                                                                           owner=job.owner),
+            on_checkpoint=lambda progress, state: self._save_checkpoint(job, progress, state),
             on_message=lambda message: self.store.set_message(job.id, message, owner=job.owner),
             should_stop=lambda: self._should_stop(job), concurrency=concurrency,
             retry_policy=RetryPolicy(max_retries=self.settings.engine_retries,
                                      base_delay=self.settings.engine_retry_delay),
             job_retries=self.settings.engine_job_retries)
+
+    def _save_checkpoint(self, job: Job, progress: int, state: dict) -> None:
+        """Save a checkpoint, appending only what it adds to the last one when it says so
+        (summarize's Checkpoint): rewriting the whole summary so far at every batch makes the
+        bytes written grow with the square of the job."""
+        self.store.save_progress(job.id, progress, state, "processing", owner=job.owner,
+                                 grows=getattr(state, "grows", None), kept=getattr(state, "kept", 0))
+
 
     def _should_stop(self, job: Job) -> bool:
         """Checked between batches: a shutdown, a cancel, or the job taken over elsewhere."""

@@ -41,6 +41,20 @@ _FUZZY_ECHO = 0.9       # a line this similar to a template line (difflib ratio)
 _FUZZY_ECHO_MIN = 30    # ... if the template line is this long: short lines must match exactly
 
 
+class Checkpoint(dict):
+    """The state handed to on_checkpoint: a JSON dict, which also says how it differs from the
+    previous one, so a store can append what is new instead of rewriting everything so far.
+
+    `grows` names its key that only grows ("lines": the summary so far; "outputs": the finished
+    batches), and `kept` how many items of it the previous checkpoint already held: the one this
+    run resumed from, or the last one it handed out (0: none of them, e.g. after starting over).
+    """
+
+    def __init__(self, state: dict[str, Any], grows: str, kept: int):
+        super().__init__(state)
+        self.grows, self.kept = grows, kept
+
+
 class JobInterrupted(Exception):
     """should_stop() asked to stop; the last checkpoint saved is where the job resumes."""
 
@@ -415,10 +429,13 @@ class _Job:
     def run_in_order(self, batches, state: dict[str, Any]) -> list[str]:
         """fields == 2: batch after batch, each with the end of the summary so far."""
         def save(upto: int, so_far: list[str]) -> None:
-            self.checkpoint({**state, "done": upto, "lines": list(so_far)}, upto)
+            # so_far always extends the lines saved last (halves included): only the rest is new.
+            self.checkpoint(Checkpoint({**state, "done": upto, "lines": list(so_far)}, "lines", saved[0]), upto)
+            saved[0] = len(so_far)
 
         done = int(state.get("done", 0))
         lines = list(state.get("lines", []))
+        saved = [len(lines)]           # lines the stored checkpoint holds (a fresh state has none)
         self.advance(done)
         for batch in batches:
             end = batch.start + len(batch.turns)
@@ -440,6 +457,8 @@ class _Job:
         # An output is reused only if a batch with the same start and size still exists.
         outputs: dict[int, list[str]] = {
             int(k): v["lines"] for k, v in saved.items() if sizes.get(int(k)) == v["turns"]}
+        # The stored outputs are a prefix of the next checkpoint's unless some were dropped here.
+        kept = len(outputs) if len(outputs) == len(saved) else 0
         done = sum(sizes[s] for s in outputs)
         self.advance(done)
         todo = [b for b in batches if b.start not in outputs]
@@ -459,9 +478,10 @@ class _Job:
                     batch = in_flight.pop(future)
                     outputs[batch.start] = future.result()   # a permanent error stops the job
                     done += len(batch.turns)
-                    self.checkpoint({**state, "outputs": {
+                    self.checkpoint(Checkpoint({**state, "outputs": {
                         str(s): {"turns": sizes[s], "lines": out} for s, out in outputs.items()}},
-                        done)
+                        "outputs", kept), done)
+                    kept = len(outputs)
                 self.check_stop()
         finally:
             # Interrupted or failed: wake workers out of their backoff, drop queued batches.

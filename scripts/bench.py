@@ -24,6 +24,8 @@ busy machine moves both. The table gives each figure, its target and pass/fail.
 | P4 | engine calls for tests/data/fr/fr_medium_an_qag_2013-02-12.txt with the seed's cra settings; every turn sent once, in order, with its speaker | <= 50 |
 | P5 | GET /results/<id> vs a bare Flask+SQLite endpoint reading one row, while 8 jobs run (wrk, 8 connections): requests per server CPU-second, gateway / bare; the raw requests/s ratio is shown too (on a shared machine it follows the neighbours' load) | >= 0.7, p99 < 50 ms |
 | P6 | a fields:1 job's wall time / (ceil(batches / capacity 4) x per-call engine time), default settings | <= 1.2 |
+| H1 | plan time (parse + plan_batches) of a 1 MB spaceless line / one raw tokenizer pass over it | <= 5 |
+| H2 | bytes written to the store per job / input size: a 2.5 MB, 200k-line cra job (fields 2) | <= 5 |
 """
 from __future__ import annotations
 
@@ -81,14 +83,20 @@ class Sizes:
     p6_out_tokens: int          # P6: every answer this long, so every call costs the same
     p6_base_ms: float
     job_timeout: float          # seconds a case waits for its jobs
+    h1_chars: int               # H1: length of the spaceless line
+    h1_repeats: int
+    h2_lines: int               # H2: lines of the generated transcript (12.5 bytes each)
+    h2_base_ms: float           # H2: engine cost per call (the case counts bytes, not time)
 
 
 FULL = Sizes(base_ms=150, per_token_ms=10, single_runs=2, p3_repeats=9, memory_mb=10,
              p5_base_ms=2000, p5_seconds=2, p5_rounds=10, p6_capacity=4, p6_out_tokens=40,
-             p6_base_ms=800, job_timeout=240)
+             p6_base_ms=800, job_timeout=240, h1_chars=1_000_000, h1_repeats=3, h2_lines=200_000,
+             h2_base_ms=5)
 SMOKE = Sizes(base_ms=10, per_token_ms=0.2, single_runs=1, p3_repeats=3, memory_mb=0.5,
               p5_base_ms=150, p5_seconds=1, p5_rounds=1, p6_capacity=4, p6_out_tokens=10,
-              p6_base_ms=20, job_timeout=60)
+              p6_base_ms=20, job_timeout=60, h1_chars=100_000, h1_repeats=1, h2_lines=20_000,
+             h2_base_ms=1)
 
 
 @dataclass
@@ -648,6 +656,38 @@ class Bench:
                       f"wall {wall:.2f} s vs ideal {ideal:.2f} s")
         return row
 
+    # -- H2 ------------------------------------------------------------------------------
+
+    def h2(self) -> Row:
+        row = Row("H2", "bytes written to the store per job / input size, 2.5 MB 200k-line cra job", target="<= 5")
+        self.engine.configure(reset=True, capacity=JOBS_AT_ONCE, base_ms=self.sizes.h2_base_ms, per_token_ms=0,
+                              out_tokens=None, record_prompts=False)
+        path = self.workdir / "h2_transcript.txt"
+        path.write_bytes(h2_transcript(self.sizes.h2_lines))
+        size = path.stat().st_size
+        # What is counted: `wchar` of /proc/<pid>/io, summed over every process of the gateway
+        # (supervisor, Gunicorn master and workers, runner), from before the upload to the
+        # job's end. It counts the bytes each process hands to write()/pwrite(): with SQLite
+        # that is every WAL frame (a whole 4 KB page per page changed, per commit) and every
+        # page copied back into the database file at a WAL checkpoint, i.e. what the store
+        # really writes, page granularity included, whether or not the page cache ever flushes
+        # it. Socket sends (HTTP to the engine, the answers to our polls) go through send(),
+        # which wchar does not count; the gateway's log lines (a few per job) are counted.
+        pids = group_pids(self.gateway.proc.pid)
+        before = io_written(pids)
+        db_before = store_file_bytes(self.gateway.db_path)
+        job_id = self.gateway.submit("cra", path)
+        result = self.gateway.wait_finished([job_id], max(self.sizes.job_timeout, 900))[0]
+        written = io_written(pids) - before
+        calls = len(self.engine.stats()["calls"])
+        row.figure = written / size
+        row.ok = row.figure <= 5
+        row.detail = (f"{self.sizes.h2_lines:,} lines, {size / 2**20:.2f} MB, {calls} batches (checkpoints), "
+                      f"wall {job_wall(result):.1f} s: {written / 2**20:.1f} MB written by the gateway's "
+                      f"processes (wchar); database + WAL files grew by "
+                      f"{(store_file_bytes(self.gateway.db_path) - db_before) / 2**20:.1f} MB")
+        return row
+
     # -- P5 ------------------------------------------------------------------------------
 
     def p5(self) -> Row:
@@ -814,6 +854,74 @@ class Bench:
             log(f"profile {raw.with_suffix('.txt')}")
 
 
+# --- H1 (in this process) and H2 helpers -------------------------------------------------------
+
+def h1(sizes: Sizes) -> Row:
+    """Plan time of one huge spaceless line / one raw tokenizer pass over it."""
+    from app.chunking import default_context_reserve, plan_batches
+    from app.tokenizers import default_tokenizer
+    from app.transcript import parse_transcript
+
+    row = Row("H1", WHAT["H1"][0], target=WHAT["H1"][1])
+    spaceless = "".join(FR_MEDIUM.read_text(encoding="utf-8").split())
+    line = (spaceless * (sizes.h1_chars // len(spaceless) + 1))[:sizes.h1_chars]
+    text = f"Orateur : {line}\n"
+    tokenizer = default_tokenizer()
+    flavor = flavor_object()
+    template = (ROOT / "services/cra.txt").read_text(encoding="utf-8")
+    reserve = default_context_reserve(flavor)
+
+    def pipeline():
+        return plan_batches(parse_transcript(text, "huge.txt"), template, 2, flavor, tokenizer,
+                            context_reserve=reserve)
+
+    def raw():
+        return tokenizer.count(line)
+
+    raw()
+    raw_times, pipe_times = [], []
+    for _ in range(sizes.h1_repeats):
+        raw_times.append(timed(raw))
+        pipe_times.append(timed(pipeline))
+    pipe, whole = statistics.median(pipe_times), statistics.median(raw_times)
+    batches = pipeline()
+    row.figure = pipe / whole
+    row.ok = row.figure <= 5
+    row.detail = (f"{len(line):,}-character line ({raw():,} tokens, {len(batches)} batches): plan "
+                  f"{pipe * 1000:.0f} ms vs raw {whole * 1000:.0f} ms (median of {sizes.h1_repeats}), {tokenizer.name}")
+    return row
+
+
+def h2_transcript(lines: int) -> bytes:
+    """`lines` short lines (3 words, about 12.5 bytes each), a new speaker every 100 lines: the
+    issue's 2.5 MB, 200k-line transcript at full size. Lines without a speaker continue a turn."""
+    import random
+
+    rng = random.Random(15)
+    words = "le la de et un une pour avec sur dans est pas que qui nous vous il elle".split()
+    out = []
+    for i in range(lines):
+        said = " ".join(rng.choice(words) for _ in range(3))
+        out.append(f"Orateur {(i // 100) % 7} : {said}" if i % 100 == 0 else said)
+    return ("\n".join(out) + "\n").encode()
+
+
+def io_written(pids: list[int]) -> int:
+    """Bytes these processes have handed to write() and pwrite() so far (/proc/<pid>/io wchar)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(re.search(r"wchar:\s*(\d+)", Path(f"/proc/{pid}/io").read_text()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+def store_file_bytes(db_path: str) -> int:
+    """Size of the SQLite database and its WAL."""
+    return sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
+
+
 # --- P3 helpers ------------------------------------------------------------------------------
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -956,14 +1064,16 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-CASES = ("P1", "P2", "P3", "P4", "P5", "P6")
+CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "H1", "H2")
 WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
         "P2": ("1 job wall / engine time of its sequential calls", "<= 1.05"),
         "P3": ("parse+chunk+plan of the largest transcript / raw tokenizer pass", "<= 2.0"),
         "P4": ("engine calls, fr_medium, seed cra settings", "<= 50, every turn sent"),
         "P5": ("GET /results/<id> requests per server CPU-second / bare Flask+SQLite, 8 jobs running",
                ">= 0.7, p99 < 50 ms"),
-        "P6": ("fields:1 job wall / (ceil(batches/4) x per-call time)", "<= 1.2")}
+        "P6": ("fields:1 job wall / (ceil(batches/4) x per-call time)", "<= 1.2"),
+        "H1": ("plan time of a 1 MB spaceless line / raw tokenizer pass", "<= 5"),
+        "H2": ("bytes written to the store per job / input size, 2.5 MB 200k-line cra job", "<= 5")}
 
 
 def run(args) -> int:
@@ -995,7 +1105,8 @@ def run(args) -> int:
         log(f"{case}: {rows[case].shown_figure()} ({rows[case].verdict()})")
 
     attempt("P3", lambda: Bench(sizes, args.smoke, profile_dir, Path(".")).p3())
-    if any(c in wanted for c in ("P1", "P2", "P4", "P5", "P6")):
+    attempt("H1", lambda: h1(sizes))
+    if any(c in wanted for c in ("P1", "P2", "P4", "P5", "P6", "H2")):
         with tempfile.TemporaryDirectory(prefix="llm-gateway-bench-") as tmp:
             bench = Bench(sizes, args.smoke, profile_dir, Path(tmp))
             try:
@@ -1006,6 +1117,7 @@ def run(args) -> int:
                 attempt("P4", bench.p4)
                 attempt("P1", bench.p1)
                 attempt("P6", bench.p6)
+                attempt("H2", bench.h2)
                 if "P5" in wanted:
                     bench.engine.wait_idle()
                 attempt("P5", bench.p5)

@@ -1,8 +1,12 @@
 """The job store on SQLite and on PostgreSQL: life cycle, atomic claims across processes, leases, recovery."""
+import json
 import multiprocessing
 import sqlite3
+import time
 
 import pytest
+
+from sqlalchemy import func, select
 
 from app.jobs import JobStatus, JobStore
 
@@ -210,4 +214,147 @@ def test_sqlite_polls_reuse_one_connection_per_thread_and_close_cleanly(tmp_path
     store.close()
     assert store._reader_list == [] and all(c.dbapi_connection is None for c in readers)   # closed
     assert store.get(job_id, full=False).status == "processing"        # reopened on demand
+    store.close()
+
+
+# --- the input apart, incremental checkpoints (issue 15, item 3) ------------------------------
+
+def _count(store, table: str, job_id: str | None = None) -> int:
+    """Rows of a store table (of one job), read with plain SQL."""
+    from sqlalchemy import text
+    column = "id" if table == "job_inputs" else "job_id"
+    where = f" WHERE {column} = :job_id" if job_id else ""
+    with store.transaction() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}{where}"), {"job_id": job_id}).scalar()
+
+
+def _written(store):
+    """A list that sums the bytes of every statement's text parameters sent to the store from now on."""
+    from sqlalchemy import event
+    total = [0]
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        values = parameters.values() if isinstance(parameters, dict) else parameters or ()
+        total[0] += sum(len(v.encode()) for v in values if isinstance(v, str))
+    event.listen(store._get_engine(), "before_cursor_execute", count)
+    return total
+
+
+def test_progress_writes_never_rewrite_the_input_nor_the_summary_so_far(store):
+    """Issue 15: each checkpoint rewrote the row (the upload, megabytes) and the whole summary so
+    far: bytes written grew with the square of the job. Now the upload is written once, apart,
+    and each checkpoint sends only the lines its batch added."""
+    upload = "A : " + "mot " * 250_000                     # 1 MB
+    job_id = store.create_job(service="s", flavor="f", input_text=upload)
+    job = store.claim_next()
+    assert job.input_text == upload
+    written = _written(store)
+    lines: list[str] = []
+    for batch in range(50):
+        added = [f"Speaker {batch} : line {i} " + "x" * 40 for i in range(20)]
+        state = {"version": 2, "done": (batch + 1) * 6, "usage": {"calls": batch + 1}}
+        assert store.save_progress(job_id, batch, {**state, "lines": lines + added}, "processing",
+                                   owner=job.owner, grows="lines", kept=len(lines))
+        lines += added
+    output = len(json.dumps(lines).encode())
+    print(f"50 checkpoints of a 1 MB upload: {written[0]:,} bytes sent to the store for "
+          f"{output:,} bytes of summary lines (whole rewrites would send {25 * output:,})")
+    assert output < written[0] < output + 50 * 400          # O(total output), not O(N x total)
+    with store.transaction() as conn:
+        row_bytes = conn.execute(select(func.length(store.jobs.c.input_text) + func.length(store.jobs.c.checkpoint))
+                                 .where(store.jobs.c.id == job_id)).scalar()
+    assert row_bytes < 300                                   # the row every write rewrites is small
+    assert store.get(job_id).checkpoint == {"version": 2, "done": 300, "usage": {"calls": 50}, "lines": lines}
+    assert store.get(job_id).input_text == upload
+
+
+def test_a_resumed_job_gets_the_whole_checkpoint_back_whatever_the_writes(store):
+    """Appends, a half batch, a plan that moved back (written whole again), outputs as a dict, a
+    checkpoint stored whole: each read gives back exactly the last checkpoint saved."""
+    job_id = store.create_job(service="s", flavor="f", input_text="A : b")
+    owner = store.claim_next().owner
+
+    def save(state, kept, grows="lines"):
+        assert store.save_progress(job_id, 10, state, owner=owner, grows=grows, kept=kept)
+        again = store.claim(job_id, lease_s=0, now=time.time() + 1, owner=owner)    # as a resume reads it
+        assert again.checkpoint == state
+        return again
+
+    save({"done": 4, "lines": ["a", "b"]}, 0)
+    save({"done": 6, "lines": ["a", "b", "c"]}, 2)                         # half a batch
+    save({"done": 8, "lines": ["a", "b", "c", "d", "e"]}, 3)
+    save({"done": 8, "lines": ["a", "b", "c", "d", "e"]}, 5)               # nothing new
+    save({"done": 2, "lines": ["z"]}, 0)                                   # started over: fewer lines
+    assert _count(store, "job_parts", job_id) == 1
+    save({"done": 5, "lines": ["z", "y"]}, 1)
+    save({"outputs": {"0": {"turns": 3, "lines": ["a"]}}}, 0, "outputs")   # another shape
+    save({"outputs": {"0": {"turns": 3, "lines": ["a"]}, "6": {"turns": 3, "lines": []}}}, 1, "outputs")
+    save({"turns_done": 3}, 0, None)                                       # whole, no parts left
+    assert _count(store, "job_parts", job_id) == 0
+    # A checkpoint stored whole is not appended to (there is nothing to append to): written whole.
+    save({"done": 3, "lines": ["p", "q"]}, 0, None)
+    save({"done": 6, "lines": ["p", "q", "r"]}, 2)
+
+
+def test_a_late_write_by_a_worker_that_lost_its_job_writes_no_part(store):
+    job_id = store.create_job(service="s", flavor="f", input_text="x", now=100)
+    first = store.claim(job_id, lease_s=30, now=100)
+    assert store.save_progress(job_id, 10, {"done": 1, "lines": ["a"]}, owner=first.owner, grows="lines", now=101)
+    second = store.claim(job_id, lease_s=30, now=200)
+    assert second.checkpoint == {"done": 1, "lines": ["a"]}
+    assert not store.save_progress(job_id, 50, {"done": 9, "lines": ["a", "stale"]}, owner=first.owner,
+                                   grows="lines", kept=1)
+    assert not store.save_progress(job_id, 50, {"done": 9, "lines": ["stale"]}, owner=first.owner,
+                                   grows="lines", kept=0)
+    assert _count(store, "job_parts", job_id) == 1
+    assert store.get(job_id).checkpoint == {"done": 1, "lines": ["a"]} and store.get(job_id).progress == 10
+
+
+def test_deleting_and_purging_remove_inputs_and_parts(store):
+    ids = [store.create_job(service="s", flavor="f", input_text=f"A : {i}", now=10) for i in range(3)]
+    for job_id in ids:
+        job = store.claim(job_id, lease_s=30, now=10)
+        store.save_progress(job_id, 50, {"done": 1, "lines": ["a"]}, owner=job.owner, grows="lines")
+    store.complete(ids[0], "done", {}, now=20)
+    store.fail(ids[1], "no", now=20)
+    assert _count(store, "job_inputs") == 3 and _count(store, "job_parts") == 3
+    assert store.purge_finished(60, now=100) == 2
+    assert _count(store, "job_inputs") == 1 and _count(store, "job_parts") == 1
+    assert store.delete(ids[2])
+    assert _count(store, "job_inputs") == 0 and _count(store, "job_parts") == 0
+    finished = store.create_job(service="s", flavor="f", input_text="A : b")
+    job = store.claim(finished, lease_s=30)
+    store.save_progress(finished, 50, {"done": 1, "lines": ["a"]}, owner=job.owner, grows="lines")
+    store.complete(finished, "done", {}, owner=job.owner)
+    assert store.cancel(finished) == "deleted"
+    assert _count(store, "job_inputs") == 0 and _count(store, "job_parts") == 0
+
+
+def test_a_database_of_the_previous_version_migrates_and_its_jobs_keep_their_input(store_backend):
+    """Jobs written before job_inputs and job_parts: their upload and checkpoint are in the row."""
+    from sqlalchemy import text
+    store = JobStore(store_backend.location)
+    seq = "" if store.is_sqlite else ", seq BIGINT GENERATED BY DEFAULT AS IDENTITY NOT NULL"
+    with store.transaction() as conn:
+        conn.execute(text(f"""
+            CREATE TABLE jobs (id TEXT PRIMARY KEY, service TEXT NOT NULL, flavor TEXT NOT NULL,
+                params TEXT NOT NULL DEFAULT '{{}}', input_text TEXT NOT NULL, input_name TEXT, status TEXT NOT NULL,
+                progress INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', result TEXT, error TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0, checkpoint TEXT, usage TEXT, warnings TEXT,
+                cancel_requested INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
+                finished_at REAL, updated_at REAL NOT NULL, manifest TEXT, template TEXT, owner TEXT{seq})"""))
+        conn.execute(text("""INSERT INTO jobs (id, service, flavor, input_text, status, created_at, updated_at,
+                             checkpoint) VALUES ('old-1', 's', 'f', 'A : b', 'queued', 1, 1,
+                             '{"done": 2, "lines": ["x", "y"]}')"""))
+    store.init_schema()
+    store.init_schema()
+    job = store.claim_next()
+    assert (job.id, job.input_text, job.checkpoint) == ("old-1", "A : b", {"done": 2, "lines": ["x", "y"]})
+    # The resumed run appends to a checkpoint stored whole: the store writes it whole once.
+    assert store.save_progress("old-1", 50, {"done": 3, "lines": ["x", "y", "z"]}, owner=job.owner,
+                               grows="lines", kept=2)
+    assert store.get("old-1").checkpoint == {"done": 3, "lines": ["x", "y", "z"]}
+    new = store.create_job(service="s", flavor="f", input_text="B : c")
+    assert store.get(new).input_text == "B : c"
+    assert store.delete("old-1") and store.get("old-1") is None
     store.close()

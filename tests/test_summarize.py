@@ -523,3 +523,38 @@ def test_echoed_template_lines_are_dropped(fake_engine):
     fake_engine.reply = lambda prompt: f"{instruction}\nAlice : a dit bonjour"
     result = run(fake_engine, [Turn("Alice", "bonjour à tous")], template=template)
     assert result.text == "Alice : a dit bonjour"
+
+
+@pytest.mark.parametrize("fields", [2, 1])
+def test_checkpoints_appended_to_a_store_give_back_every_whole_checkpoint(fake_engine, fields, tmp_path):
+    """Issue 15: a checkpoint says what it adds to the previous one (Checkpoint.grows/kept) and the
+    store appends only that. Through halves, a stop, a resume and a plan that changed (fresh
+    state), what the store gives back is every time exactly the checkpoint handed to it."""
+    from app.jobs import JobStore
+    store = JobStore(str(tmp_path / "jobs.sqlite"))
+    store.init_schema()
+    job_id = store.create_job(service="s", flavor="f", input_text="x")
+    owner = store.claim_next().owner
+    turns = load_turns(EN_SMALL)
+    saved = []
+
+    def on_checkpoint(progress, state):
+        assert store.save_progress(job_id, progress, state, owner=owner, grows=state.grows, kept=state.kept)
+        assert store.get(job_id).checkpoint == json.loads(json.dumps(state))
+        saved.append(state.kept)
+
+    fake_engine.add_fault("length")                      # the first batch is halved (fields 2: on_half)
+    with pytest.raises(JobInterrupted):
+        run(fake_engine, turns, fields=fields, concurrency=1, on_checkpoint=on_checkpoint,
+            should_stop=lambda: len(saved) >= 3)
+    resumed = run(fake_engine, turns, fields=fields, concurrency=1, on_checkpoint=on_checkpoint,
+                  checkpoint=store.get(job_id).checkpoint)
+    assert 0 < saved[3] and saved[3] == max(saved[:4])   # the resumed run appended to what was stored
+    fake_engine.reset()
+    assert resumed.text == run(fake_engine, turns, fields=fields).text
+    # The same job cut otherwise (another flavor): its checkpoint starts over, written whole.
+    count = len(saved)
+    run(fake_engine, turns, fields=fields, flavor=make_flavor(create_new_turn_after=25), concurrency=1,
+        on_checkpoint=on_checkpoint, checkpoint=store.get(job_id).checkpoint)
+    assert saved[count] == 0
+    store.close()
