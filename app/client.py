@@ -99,8 +99,11 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
                 data.append(value)
 
 
-def wait_for(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Follow a job to its end through its event stream, or by polling if the stream fails; its result."""
+def wait_for(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, Any]], None],
+             on_partial: Callable[[list[str]], None] = lambda lines: None) -> dict[str, Any]:
+    """Follow a job to its end through its event stream, or by polling if the stream fails; its result.
+
+    `on_partial` gets the new lines of the report as batches finish (from the stream only)."""
     try:
         for event, data in client.events(job_id):
             if event in FINAL and "jobId" in data:
@@ -108,6 +111,8 @@ def wait_for(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, 
                 return data
             if event == "progress":
                 on_update(data)
+            elif event == "partial":
+                on_partial(data.get("lines") or [])
             elif event == "error":
                 break           # the job is gone (the error shape): polling says so in the usual way
     except GatewayError:
@@ -140,11 +145,11 @@ def poll(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, Any]
 
 def cmd_submit(client: GatewayClient, args: argparse.Namespace) -> int:
     job_id = client.submit(args.service, args.file, args.flavor, args.temperature, args.top_p)
-    if not (args.wait or args.output):
+    if not (args.wait or args.output or args.follow):
         print(job_id)
         return EXIT_OK
     print(f"job {job_id}", file=sys.stderr)
-    result = follow(client, job_id, quiet=args.quiet)
+    result = follow(client, job_id, quiet=args.quiet, show_partial=args.follow)
     if result["status"] != "complete":
         print(f"job {job_id} {result.get('state') or result['status']}: {result.get('error') or result.get('message')}",
               file=sys.stderr)
@@ -160,8 +165,9 @@ def cmd_submit(client: GatewayClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def follow(client: GatewayClient, job_id: str, quiet: bool = False) -> dict[str, Any]:
-    """Follow a job with a progress bar on stderr; return its final result."""
+def follow(client: GatewayClient, job_id: str, quiet: bool = False, show_partial: bool = False) -> dict[str, Any]:
+    """Follow a job with a progress bar on stderr (and, with show_partial, the report's lines as
+    its batches finish); return its final result."""
     from tqdm import tqdm
 
     with tqdm(total=100, file=sys.stderr, disable=quiet, dynamic_ncols=True,
@@ -171,7 +177,12 @@ def follow(client: GatewayClient, job_id: str, quiet: bool = False) -> dict[str,
             bar.update(max(0, data.get("progress", 0) - bar.n))
             bar.refresh()
 
-        return wait_for(client, job_id, on_update)
+        def on_partial(lines: list[str]) -> None:
+            if show_partial:
+                for line in lines:          # above the bar, on stderr: stdout keeps the final summary
+                    tqdm.write(line, file=sys.stderr)
+
+        return wait_for(client, job_id, on_update, on_partial)
 
 
 def cmd_services(client: GatewayClient, args: argparse.Namespace) -> int:
@@ -262,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="Show progress until the job ends, then print the summary.")
     submit.add_argument("-o", "--output", help="Write the summary to this file (implies --wait).")
     submit.add_argument("-q", "--quiet", action="store_true", help="No progress bar.")
+    submit.add_argument("--follow", action="store_true",
+                        help="Follow the job (implies --wait) and print the report's lines on stderr as its batches finish.")
     submit.set_defaults(run=cmd_submit)
 
     services = commands.add_parser("services", help="List the loaded services and their flavors.")

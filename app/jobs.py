@@ -641,6 +641,12 @@ class JobStore:
         head[spec["key"]] = items
         return head
 
+    def checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        """A job's whole checkpoint (head and parts), without its upload: the report so far."""
+        with self._reading(snapshot=True) as conn:
+            head = conn.execute(select(self.jobs.c.checkpoint).where(self.jobs.c.id == job_id)).scalar()
+            return self._assemble(conn, job_id, head)
+
     def get_state(self, job_id: str) -> tuple[str, int, str] | None:
         """A job's (status, progress, message), or None: cheap enough to poll (no input, no result)."""
         row = self._read_by_id(self._select_state, job_id)

@@ -128,6 +128,20 @@ def _planning_check(should_stop: Callable[[], bool]) -> Callable[[], None]:
     return check
 
 
+def partial_lines(checkpoint: dict | None) -> list[str]:
+    """The report so far, from a checkpoint: the lines of the batches finished in transcript order
+    from the first one, up to the first batch not finished (fields 1 finishes them in any order)."""
+    if not checkpoint:
+        return []
+    if "lines" in checkpoint:                  # fields 2: the summary so far, in order
+        return list(checkpoint["lines"])
+    outputs, lines, start = checkpoint.get("outputs") or {}, [], 0
+    while str(start) in outputs:
+        lines += outputs[str(start)]["lines"]
+        start += outputs[str(start)]["turns"]
+    return lines
+
+
 def digest_turns(batches) -> str:
     """A fingerprint of the virtual turns, in order: a checkpoint counts its progress in them.
 

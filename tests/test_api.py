@@ -116,6 +116,28 @@ def test_running_jobs_show_the_seeds_words(client, app):
     assert body["detail"] == "engine unavailable, retrying (3/8)"
 
 
+def test_a_running_job_shows_the_report_of_its_finished_batches(client, app):
+    from app.summarize import Checkpoint
+    store: JobStore = app.extensions["store"]
+    rolling = store.create_job(service="two", flavor="a", input_text="A : b", now=1)
+    owner = store.claim_next().owner
+    store.save_progress(rolling, 40, Checkpoint({"done": 4, "lines": ["A : un", "B : deux"]}, "lines", 0),
+                        "processing", owner=owner, grows="lines", kept=0)
+    assert client.get(f"/results/{rolling}").get_json()["partial"] == "A : un\nB : deux"
+    store.save_progress(rolling, 60, Checkpoint({"done": 6, "lines": ["A : un", "B : deux", "C : trois"]},
+                                                "lines", 2), "processing", owner=owner, grows="lines", kept=2)
+    assert client.get(f"/results/{rolling}").get_json()["partial"] == "A : un\nB : deux\nC : trois"
+    # fields 1 finishes batches in any order: the report stops at the first one not finished.
+    side = store.create_job(service="one", flavor="small", input_text="A : b", now=2)
+    owner = store.claim_next().owner
+    outputs = {"0": {"turns": 2, "lines": ["A : un"]}, "5": {"turns": 2, "lines": ["F : six"]}}
+    store.save_progress(side, 50, Checkpoint({"outputs": outputs}, "outputs", 0), "processing", owner=owner,
+                        grows="outputs", kept=0)
+    assert client.get(f"/results/{side}").get_json()["partial"] == "A : un"
+    store.complete(side, "A : un\nC : trois\nF : six", {"calls": 3}, owner=owner)
+    assert "partial" not in client.get(f"/results/{side}").get_json()
+
+
 @pytest.mark.parametrize("path,kwargs,status,needle", [
     ("/services/nope/generate", {"json": {"content": "A : b"}}, 404, "No service called 'nope'"),
     ("/services/two/generate", {"json": {"content": "A : b", "flavor": "zzz"}}, 404, "no flavor 'zzz'"),

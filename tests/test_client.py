@@ -179,3 +179,16 @@ def test_wait_for_uses_the_stream_then_polls_when_it_breaks(monkeypatch):
     stub = StubClient([("error", {"status": 404})], [cli.GatewayError("HTTP 404 not_found: No job", 404)])
     with pytest.raises(cli.GatewayError, match="404"):
         cli.wait_for(stub, "j", seen.append)
+
+
+def test_follow_prints_the_report_as_its_batches_finish(capsys):
+    done = {"jobId": "j", "status": "complete", "progress": 100, "summarization": "A : un\nB : deux\nC : trois"}
+    stub = StubClient([("progress", {"status": "processing", "progress": 30}),
+                       ("partial", {"jobId": "j", "start": 0, "lines": ["A : un"]}),
+                       ("partial", {"jobId": "j", "start": 1, "lines": ["B : deux"]}),
+                       ("complete", done)], [])
+    assert cli.follow(stub, "j", quiet=True, show_partial=True) == done
+    assert capsys.readouterr().err.splitlines() == ["A : un", "B : deux"]
+    stub = StubClient([("partial", {"jobId": "j", "start": 0, "lines": ["A : un"]}), ("complete", done)], [])
+    assert cli.follow(stub, "j", quiet=True) == done            # without --follow: nothing printed
+    assert capsys.readouterr().err == ""

@@ -79,6 +79,33 @@ def test_a_job_is_followed_from_queued_to_complete(app):
     assert final["summarization"] == "A : résumé" and final["usage"]["calls"] == 2
 
 
+def test_the_report_grows_as_partial_events(app):
+    from app.summarize import Checkpoint
+    store: JobStore = app.extensions["store"]
+    job_id = store.create_job(service="one", flavor="small", input_text="A : b")
+    lines = ["A : un", "B : deux", "C : trois"]
+
+    def work():
+        time.sleep(0.1)
+        owner = store.claim_next().owner
+        for done in (1, 3):             # two batches: one line, then two more
+            time.sleep(0.1)
+            store.save_progress(job_id, done * 30, Checkpoint({"done": done, "lines": lines[:done]}, "lines",
+                                                               1 if done == 3 else 0),
+                                "processing", owner=owner, grows="lines", kept=1 if done == 3 else 0)
+        time.sleep(0.1)
+        store.complete(job_id, "\n".join(lines), {"calls": 2}, owner=owner)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    found = read_events(app.test_client().get(f"/results/{job_id}/events", buffered=False))
+    worker.join()
+    partial = [data for event, data in found if event == "partial"]
+    assert partial == [{"jobId": job_id, "start": 0, "lines": ["A : un"]},
+                       {"jobId": job_id, "start": 1, "lines": ["B : deux", "C : trois"]}]
+    assert found[-1][0] == "complete"
+
+
 def test_failed_and_cancelled_jobs_end_the_stream(app):
     store: JobStore = app.extensions["store"]
     client = app.test_client()
@@ -179,8 +206,11 @@ def test_many_streams_under_gunicorn_with_two_workers(tmp_path, deployment):
         for key, found in outcomes.items():
             assert found[-1][0] == "complete", found
             assert found[-1][1]["jobId"] == jobs[key % 3] and found[-1][1]["summarization"]
-            progress = [data["progress"] for _, data in found]
+            progress = [data["progress"] for event, data in found if event != "partial"]
             assert progress == sorted(progress)
+            # The report as it grew, put together from the partial events, is the start of the summary.
+            grown = [line for event, data in found if event == "partial" for line in data["lines"]]
+            assert found[-1][1]["summarization"].splitlines()[:len(grown)] == grown
         # A stream that starts after the end gets the final event at once.
         with requests.get(f"{gateway.url}/results/{jobs[0]}/events", stream=True, timeout=10) as response:
             late = list(parse_sse(response.iter_lines(chunk_size=None, decode_unicode=True)))

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app
 
-from app.jobs import FINISHED, QUEUED, JobStore
+from app.jobs import FINISHED, PROCESSING, QUEUED, JobStore
+from app.summarize import partial_lines
 from app.web import context
 from app.web.errors import ApiError, error_response
 from app.web.views import QUEUED_MESSAGE, job_view, wire_status
@@ -37,7 +38,9 @@ def job_events(job_id: str):
         description: >
           A stream of events. `progress` (data: jobId, status, progress, message, detail; as in
           GET /results/{job_id}: `message` is "Processing 0%" while queued, then the percentage) is
-          sent at once and whenever one of them changes; the last event is named after the final
+          sent at once and whenever one of them changes; `partial` (data: jobId, start, lines) when
+          the report of the batches finished so far grows (its new lines, from line `start`); the last
+          event is named after the final
           status: `complete` (data: the result with `summarization` and `usage`) or `error` (data:
           the result, with `error` the reason and `state` failed or cancelled; or the error shape
           if the job is deleted meanwhile). A comment line `: heartbeat` is sent every 10 s of silence.
@@ -79,6 +82,7 @@ def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: T
     """
     yield f"retry: {RETRY_MS}\n\n"
     last = None
+    sent_lines = 0                              # lines of the partial report sent so far
     last_sent = time.monotonic()
     while serving():
         state = store.get_state(job_id)
@@ -97,6 +101,12 @@ def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: T
             yield sse("progress", {"jobId": job_id, "status": status, "progress": progress,
                                    "message": QUEUED_MESSAGE if status == QUEUED else float(progress),
                                    "detail": message})
+            if status == PROCESSING and (last is None or progress != last[1]):
+                # The report grew (a batch finished): its new lines, and where they start.
+                lines = partial_lines(store.checkpoint(job_id))
+                if len(lines) > sent_lines:
+                    yield sse("partial", {"jobId": job_id, "start": sent_lines, "lines": lines[sent_lines:]})
+                    sent_lines = len(lines)
             last, last_sent = state, now
         elif now - last_sent >= HEARTBEAT_S:
             # A write is also how a stream learns its client left: it fails, and the thread is freed.

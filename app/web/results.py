@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from app.jobs import FINISHED, JobStatus
+from app.jobs import FINISHED, PROCESSING, JobStatus
+from app.summarize import partial_lines
 from app.web import context
 from app.web.errors import ApiError
 from app.web.views import ERROR, http_status, job_view, not_found_view
@@ -27,16 +28,22 @@ def get_result(job_id: str):
       202:
         description: >
           The job is "queued" (`message` "Processing 0%") or "processing" (`message` the percentage,
-          a number; human-readable news in `detail`).
+          a number; human-readable news in `detail`; `partial` the report of the batches finished so
+          far, in transcript order).
         content: {application/json: {schema: {$ref: '#/components/schemas/Result'}}}
       404:
         description: No such job (`status` "nojob", as the seed answered).
         content: {application/json: {schema: {$ref: '#/components/schemas/NoJob'}}}
     """
-    job = context.store().get(job_id, full=False)     # polled often: no input, no checkpoint
+    store = context.store()
+    job = store.get(job_id, full=False)     # polled often: no input, no checkpoint
     if job is None:
         return jsonify(not_found_view(job_id)), 404
-    return jsonify(job_view(job)), http_status(job.status)
+    body = job_view(job)
+    if job.status == PROCESSING:
+        # The report of the batches finished so far, in order (Studio ignores it).
+        body["partial"] = "\n".join(partial_lines(store.checkpoint(job_id)))
+    return jsonify(body), http_status(job.status)
 
 
 def _single_arg(name: str) -> str | None:
