@@ -269,18 +269,26 @@ def planning_runner(runner, store, registry, tokenizer, ended: threading.Event) 
     return Runner(runner.settings, store, registry, summarize_fn=summarize_with)
 
 
-def test_cancel_is_honoured_while_planning(setup, fake_engine, monkeypatch):
-    """Issue 15: DELETE said "cancelling" but a huge input was planned to its end first. Planning
-    now asks should_stop between pieces: the job stops within a piece of the cancel."""
+def cancelled_while_planning(setup):
+    """A job of one HUGE_LINE claimed by a planning_runner, cancelled while it is planning (held
+    there by the tokenizer until `tokenizer.go`): (planner, tokenizer, ended, job id)."""
     runner, store, registry, _ = setup
-    monkeypatch.setattr(summarize_module, "_PLAN_CHECK_SECONDS", 0)   # ask at every piece: no timing here
     tokenizer, ended = HeldTokenizer(), threading.Event()
     planner = planning_runner(runner, store, registry, tokenizer, ended)
     job_id = store.create_job(service="roll", flavor="f", input_text=f"Orateur : {HUGE_LINE}")
+    assert planner.tick() == 1
+    assert tokenizer.planning.wait(30)
+    assert store.cancel(job_id) == "cancelling"
+    return planner, tokenizer, ended, job_id
+
+
+def test_cancel_is_honoured_while_planning(setup, fake_engine, monkeypatch):
+    """Issue 15: DELETE said "cancelling" but a huge input was planned to its end first. Planning
+    now asks should_stop between pieces: the job stops within a piece of the cancel."""
+    store = setup[1]
+    monkeypatch.setattr(summarize_module, "_PLAN_CHECK_SECONDS", 0)   # ask at every piece: no timing here
+    planner, tokenizer, ended, job_id = cancelled_while_planning(setup)
     try:
-        assert planner.tick() == 1
-        assert tokenizer.planning.wait(30)
-        assert store.cancel(job_id) == "cancelling"
         at_cancel = tokenizer.chars
         started = time.monotonic()
         tokenizer.go.set()
@@ -303,14 +311,9 @@ def test_a_job_cancelled_while_planning_ends_cancelled_at_shutdown_not_queued(se
     """Issue 15: after SIGTERM a job cancelled while planning came back `queued` (and, asked to
     cancel, was never claimed again). A job still running when the shutdown gives up on it ends
     cancelled if that was asked, and planning itself stops at the shutdown."""
-    runner, store, registry, _ = setup
-    tokenizer, ended = HeldTokenizer(), threading.Event()
-    planner = planning_runner(runner, store, registry, tokenizer, ended)
-    job_id = store.create_job(service="roll", flavor="f", input_text=f"Orateur : {HUGE_LINE}")
+    store = setup[1]
+    planner, tokenizer, ended, job_id = cancelled_while_planning(setup)
     try:
-        assert planner.tick() == 1
-        assert tokenizer.planning.wait(30)
-        assert store.cancel(job_id) == "cancelling"
         # Planning is held past the shutdown's patience, as a huge input would be.
         threading.Timer(1.0, tokenizer.go.set).start()
         planner.shutdown(timeout=0.5)
