@@ -13,7 +13,6 @@ from typing import Any
 import app.eval as package
 from app.client import DEFAULT_URL, EXIT_FAILED, EXIT_OK, GatewayClient, GatewayError
 from app.eval import reports, runs, scores
-from app.eval.metrics import ROUGE_METRICS
 
 
 def cmd_score(args: argparse.Namespace) -> int:
