@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings, role)
     if role == "worker":
         import os
-        from app.worker import run_worker
+        from app.jobs.worker import run_worker
         code = run_worker(settings)
         # Job threads may still be inside an engine call; their jobs are back in the queue.
         os._exit(code)
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if role == "runner":
         import os
-        from app.runner import run_runner
+        from app.jobs.runner import run_runner
         run_runner(settings)
         # Job threads may still be inside an engine call; their jobs are back in the queue.
         os._exit(0)
-    from app.jobs import open_store
+    from app.jobs.store import open_store
     from app.supervisor import supervise
     open_store(settings).init_schema()  # fail fast (bad path or URL) before starting children
     return supervise(settings)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 
-from app.metrics import MULTIPROC_ENV, reset_multiproc_dir
+from app.telemetry import MULTIPROC_ENV, reset_multiproc_dir
 from app.settings import Settings, setting_fields
 
 log = logging.getLogger(__name__)

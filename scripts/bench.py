@@ -599,7 +599,7 @@ class Bench:
         return row
 
     def p4(self) -> Row:
-        from app.transcript import parse_transcript
+        from app.pipeline.transcript import parse_transcript
 
         row = Row("P4", "engine calls, fr_medium, seed cra settings", target="<= 50, every turn sent")
         first = self.single[0]
@@ -767,9 +767,9 @@ class Bench:
 
     def p3(self) -> Row:
         row = Row("P3", "parse+chunk+plan of the largest transcript / raw tokenizer pass", target="<= 2.0")
-        from app.chunking import default_context_reserve, plan_batches
-        from app.tokenizers import default_tokenizer
-        from app.transcript import decode_bytes, parse_transcript
+        from app.pipeline.chunking import default_context_reserve, plan_batches
+        from app.pipeline.tokenizers import default_tokenizer
+        from app.pipeline.transcript import decode_bytes, parse_transcript
 
         path = largest_transcript()
         data = path.read_bytes()
@@ -858,9 +858,9 @@ class Bench:
 
 def h1(sizes: Sizes) -> Row:
     """Plan time of one huge spaceless line / one raw tokenizer pass over it."""
-    from app.chunking import default_context_reserve, plan_batches
-    from app.tokenizers import default_tokenizer
-    from app.transcript import parse_transcript
+    from app.pipeline.chunking import default_context_reserve, plan_batches
+    from app.pipeline.tokenizers import default_tokenizer
+    from app.pipeline.transcript import parse_transcript
 
     row = Row("H1", WHAT["H1"][0], target=WHAT["H1"][1])
     spaceless = "".join(FR_MEDIUM.read_text(encoding="utf-8").split())
@@ -939,7 +939,7 @@ def largest_transcript() -> Path:
 
 def flavor_object():
     """The seed flavor as the app's Flavor, validated as a manifest's would be."""
-    from app.manifests import parse_flavor
+    from app.services.manifests import parse_flavor
     return parse_flavor(dict(SEED_FLAVOR), 0, str(ROOT / "services"))
 
 
@@ -959,9 +959,9 @@ def run_memory(size_mb: float) -> None:
     """`bench.py _memory`: parse + plan a generated transcript; print peak RSS as JSON."""
     import resource
 
-    from app.chunking import default_context_reserve, plan_batches
-    from app.tokenizers import default_tokenizer
-    from app.transcript import parse_transcript
+    from app.pipeline.chunking import default_context_reserve, plan_batches
+    from app.pipeline.tokenizers import default_tokenizer
+    from app.pipeline.transcript import parse_transcript
 
     tokenizer = default_tokenizer()
     flavor = flavor_object()

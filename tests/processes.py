@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from app.jobs import JobStore
+from app.jobs.store import JobStore
 
 
 def free_port() -> int:

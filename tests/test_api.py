@@ -6,8 +6,8 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 from app.web import create_app
 from tests.manifest_factory import flavor, manifest, write_service
@@ -117,7 +117,7 @@ def test_running_jobs_show_the_seeds_words(client, app):
 
 
 def test_a_running_job_shows_the_report_of_its_finished_batches(client, app):
-    from app.summarize import Checkpoint
+    from app.pipeline.summarize import Checkpoint
     store: JobStore = app.extensions["store"]
     rolling = store.create_job(service="two", flavor="a", input_text="A : b", now=1)
     owner = store.claim_next().owner
@@ -412,7 +412,7 @@ def test_cors_is_off_unless_configured(tmp_path, services_dir, client):
 
 def test_huge_but_valid_inputs_are_accepted_and_parse_whole(client, app):
     """A 1 MB line with no speaker and 100 000 tiny turns are valid transcripts: 202, stored whole."""
-    from app.transcript import parse_transcript
+    from app.pipeline.transcript import parse_transcript
     one_line = ("mot " * 250_000).strip()  # ~1 MB, no label
     tiny = "\n".join(f"P{i % 9} : oui" for i in range(100_000))
     for text in (one_line, tiny):

@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from app.registry import ServiceRegistry
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 from app.web import create_app
 from tests.manifest_factory import flavor, manifest, write_service

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from app.chunking import _sentences  # noqa: the splitter's boundaries, tested directly
-from app.chunking import (Batch, BudgetError, default_context_reserve, fill_template,
+from app.pipeline.chunking import _sentences  # noqa: the splitter's boundaries, tested directly
+from app.pipeline.chunking import (Batch, BudgetError, default_context_reserve, fill_template,
                           plan_batches, prompt_room, render_turn, split_long_turns, split_text)
-from app.manifests import Flavor
-from app.tokenizers import Tokenizer, default_tokenizer
-from app.transcript import Turn, parse_transcript
+from app.services.manifests import Flavor
+from app.pipeline.tokenizers import Tokenizer, default_tokenizer
+from app.pipeline.transcript import Turn, parse_transcript
 
 DATA = Path(__file__).parent / "data"
 SERVICES = Path(__file__).parent.parent / "services"

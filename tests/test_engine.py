@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from app.engine import (Completion, ContextOverflowError, EngineClient, EngineError,
+from app.pipeline.engine import (Completion, ContextOverflowError, EngineClient, EngineError,
                         PermanentEngineError, RetryPolicy, TransientEngineError,
                         call_with_retries, get_engine)
 from tests.fake_engine import FakeEngine

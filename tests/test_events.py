@@ -8,8 +8,8 @@ import pytest
 import requests
 
 from app.client import parse_sse
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 from app.web import create_app, events
 from tests.manifest_factory import manifest, write_service
@@ -80,7 +80,7 @@ def test_a_job_is_followed_from_queued_to_complete(app):
 
 
 def test_the_report_grows_as_partial_events(app):
-    from app.summarize import Checkpoint
+    from app.pipeline.summarize import Checkpoint
     store: JobStore = app.extensions["store"]
     job_id = store.create_job(service="one", flavor="small", input_text="A : b")
     lines = ["A : un", "B : deux", "C : trois"]

@@ -8,7 +8,7 @@ import pytest
 
 from sqlalchemy import func, select
 
-from app.jobs import JobStatus, JobStore
+from app.jobs.store import JobStatus, JobStore
 
 
 @pytest.fixture

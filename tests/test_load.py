@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from app.registry import load_folder
+from app.services.registry import load_folder
 from tests.manifest_factory import flavor, manifest, write_service
 from tests.processes import FakeEngineProcess, Gateway, wait_until
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from app.jobs import JobStore
+from app.jobs.store import JobStore
 from app.logs import configure_logging, job_context
-from app.registry import ServiceRegistry
-from app.runner import Runner
+from app.services.registry import ServiceRegistry
+from app.jobs.runner import Runner
 from app.settings import Settings
 from app.web import create_app
 from tests.manifest_factory import flavor, manifest, write_service

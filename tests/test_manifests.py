@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from app.manifests import ManifestError, current_template, load_service
-from app.registry import load_folder
+from app.services.manifests import ManifestError, current_template, load_service
+from app.services.registry import load_folder
 from tests.manifest_factory import flavor, manifest, write_service
 
 

@@ -5,10 +5,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
-from app.engine import ContextOverflowError, PermanentEngineError, TransientEngineError
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
+from app import telemetry
+from app.pipeline.engine import ContextOverflowError, PermanentEngineError, TransientEngineError
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 from app.web import create_app
 from tests.manifest_factory import manifest, write_service
@@ -24,10 +24,10 @@ def samples(text):
 
 
 def test_error_kinds():
-    assert metrics.error_kind(ContextOverflowError("x")) == "context"
-    assert metrics.error_kind(PermanentEngineError("x")) == "permanent"
-    assert metrics.error_kind(TransientEngineError("x")) == "transient"
-    assert metrics.error_kind(ValueError("x")) == "other"
+    assert telemetry.error_kind(ContextOverflowError("x")) == "context"
+    assert telemetry.error_kind(PermanentEngineError("x")) == "permanent"
+    assert telemetry.error_kind(TransientEngineError("x")) == "transient"
+    assert telemetry.error_kind(ValueError("x")) == "other"
 
 
 def test_scrape_reads_jobs_and_queue_from_the_store(tmp_path):

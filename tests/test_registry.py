@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.registry import ServiceRegistry
+from app.services.registry import ServiceRegistry
 from tests.manifest_factory import flavor, manifest, write_service
 
 

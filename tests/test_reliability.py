@@ -7,9 +7,9 @@ import time
 import pytest
 import requests
 
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
-from app.runner import Runner
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
+from app.jobs.runner import Runner
 from app.settings import Settings
 from app.web.views import job_view
 from tests.manifest_factory import flavor, manifest, write_service

@@ -5,13 +5,13 @@ import time
 
 import pytest
 
-from app import summarize as summarize_module
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
-from app.runner import Runner
+from app.pipeline import summarize as summarize_module
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
+from app.jobs.runner import Runner
 from app.settings import Settings
-from app.summarize import summarize
-from app.tokenizers import Tokenizer, default_tokenizer
+from app.pipeline.summarize import summarize
+from app.pipeline.tokenizers import Tokenizer, default_tokenizer
 from tests.manifest_factory import flavor, manifest, write_service
 
 FR_SMALL = open("tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt", encoding="utf-8").read()

@@ -20,12 +20,12 @@ import time
 import pytest
 import requests
 
-from app.jobs import JobStore
-from app.queue import TASK_NAME, celery_config, make_celery
-from app.registry import ServiceRegistry
+from app.jobs.store import JobStore
+from app.jobs.broker import TASK_NAME, celery_config, make_celery
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
-from app.summarize import summarize
-from app.worker import BUSY, FINISHED, RAN, REQUEUED, STOPPING, UNKNOWN, Worker
+from app.pipeline.summarize import summarize
+from app.jobs.worker import BUSY, FINISHED, RAN, REQUEUED, STOPPING, UNKNOWN, Worker
 from tests.manifest_factory import flavor, manifest, write_service
 from tests.processes import FakeEngineProcess, Gateway, WorkerProcess, wait_until
 from tests.store_backends import deployment_for

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from app import chunking
-from app.engine import PermanentEngineError, RetryPolicy, TransientEngineError, get_engine
-from app.manifests import Flavor
-from app.summarize import JobInterrupted, clean_output, consolidate, summarize
-from app.tokenizers import RemoteTokenizer, Tokenizer
-from app.transcript import Turn
+from app.pipeline import chunking
+from app.pipeline.engine import PermanentEngineError, RetryPolicy, TransientEngineError, get_engine
+from app.services.manifests import Flavor
+from app.pipeline.summarize import JobInterrupted, clean_output, consolidate, summarize
+from app.pipeline.tokenizers import RemoteTokenizer, Tokenizer
+from app.pipeline.transcript import Turn
 from tests.fake_engine import FakeEngine, echo_reply, last_section_turns
 
 DATA = Path(__file__).parent / "data"
@@ -530,7 +530,7 @@ def test_checkpoints_appended_to_a_store_give_back_every_whole_checkpoint(fake_e
     """Issue 15: a checkpoint says what it adds to the previous one (Checkpoint.grows/kept) and the
     store appends only that. Through halves, a stop, a resume and a plan that changed (fresh
     state), what the store gives back is every time exactly the checkpoint handed to it."""
-    from app.jobs import JobStore
+    from app.jobs.store import JobStore
     store = JobStore(str(tmp_path / "jobs.sqlite"))
     store.init_schema()
     job_id = store.create_job(service="s", flavor="f", input_text="x")

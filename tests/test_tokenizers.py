@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import sentencepiece
 
-from app import tokenizers
-from app.engine import TransientEngineError
-from app.manifests import Flavor
-from app.tokenizers import (CharEstimateTokenizer, HFTokenizer, RemoteTokenizer,
+from app.pipeline import tokenizers
+from app.pipeline.engine import TransientEngineError
+from app.services.manifests import Flavor
+from app.pipeline.tokenizers import (CharEstimateTokenizer, HFTokenizer, RemoteTokenizer,
                             SentencePieceTokenizer, Tokenizer, get_tokenizer, server_root)
 
 DATA = Path(__file__).parent / "data"
@@ -84,7 +84,7 @@ def test_cached_per_process_and_thread_safe():
 
 
 def test_unreachable_engine_falls_back_to_default(caplog):
-    caplog.set_level(logging.INFO, logger="app.tokenizers")
+    caplog.set_level(logging.INFO, logger="app.pipeline.tokenizers")
     tok = get_tokenizer(flavor(), api_base="http://127.0.0.1:9/v1", api_key="sk-secret-xyz")
     assert isinstance(tok, SentencePieceTokenizer)
     assert "sk-secret-xyz" not in caplog.text
@@ -223,7 +223,7 @@ def engine(request):
 
 
 def test_engine_tokenize_endpoint(engine, caplog):
-    caplog.set_level(logging.INFO, logger="app.tokenizers")
+    caplog.set_level(logging.INFO, logger="app.pipeline.tokenizers")
     kind, root, handler = engine
     tok = get_tokenizer(flavor(), api_base=root + "/v1", api_key="sk-secret-xyz")
     assert isinstance(tok, RemoteTokenizer) and tok.name == f"{kind}:{root}/tokenize"

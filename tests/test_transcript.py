@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.transcript import Turn, TranscriptError, _label_strength, decode_bytes, parse_transcript
+from app.pipeline.transcript import Turn, TranscriptError, _label_strength, decode_bytes, parse_transcript
 
 DATA = Path(__file__).parent / "data"
 FR_MEDIUM = DATA / "fr" / "fr_medium_an_qag_2013-02-12.txt"
@@ -307,8 +307,8 @@ def test_a_studio_export_with_ids_names_and_renamed_lower_case_speakers():
 
 
 def test_every_piece_of_a_long_spk1_turn_keeps_its_label():
-    from app.chunking import render_turn, split_long_turns
-    from app.tokenizers import default_tokenizer
+    from app.pipeline.chunking import render_turn, split_long_turns
+    from app.pipeline.tokenizers import default_tokenizer
 
     text = "spk1 : " + " ".join(f"mot{i}" for i in range(600)) + "\nspk2 : Merci."
     pieces = split_long_turns(parse_transcript(text), default_tokenizer(), 150)

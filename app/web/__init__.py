@@ -5,8 +5,8 @@ import logging
 
 from flask import Flask
 
-from app.jobs import JobStore, open_store
-from app.registry import ServiceRegistry
+from app.jobs.store import JobStore, open_store
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 
 
@@ -25,9 +25,9 @@ def create_app(settings: Settings | None = None, *, registry: ServiceRegistry | 
         store = open_store(settings)
         store.init_schema()
     app.extensions["store"] = store
-    # With BROKER_URL, accepted jobs are handed to the Celery workers (app/queue.py).
+    # With BROKER_URL, accepted jobs are handed to the Celery workers (app/jobs/broker.py).
     if settings.broker_url:
-        from app.queue import JobQueue
+        from app.jobs.broker import JobQueue
         app.extensions["queue"] = JobQueue(settings)
     else:
         app.extensions["queue"] = None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import current_app
 
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app
 
-from app.jobs import FINISHED, PROCESSING, QUEUED, JobStore
-from app.summarize import partial_lines
+from app.jobs.store import FINISHED, PROCESSING, QUEUED, JobStore
+from app.pipeline.summarize import partial_lines
 from app.web import context
 from app.web.errors import ApiError, error_response
 from app.web.views import QUEUED_MESSAGE, job_view, wire_status

@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint, jsonify
 
-from app import health as health_checks
+from app import readiness
 from app.web import context
 
 bp = Blueprint("health", __name__)
@@ -35,4 +35,4 @@ def health():
         content: {application/json: {schema: {$ref: '#/components/schemas/Health'}}}
     """
     # Always 200: this is a report for people and dashboards; /healthcheck is the liveness probe.
-    return jsonify(health_checks.report(context.settings(), context.store(), context.registry(), now=time.time()))
+    return jsonify(readiness.report(context.settings(), context.store(), context.registry(), now=time.time()))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from app import metrics
+from app import telemetry
 from app.web import context
 
 bp = Blueprint("metrics", __name__)
@@ -22,4 +22,4 @@ def scrape():
           llm_gateway_completion_tokens_total{flavor}, llm_gateway_engine_errors_total{kind}.
         content: {text/plain: {schema: {type: string}}}
     """
-    return Response(metrics.scrape(context.store()), content_type=metrics.CONTENT_TYPE)
+    return Response(telemetry.scrape(context.store()), content_type=telemetry.CONTENT_TYPE)

@@ -10,7 +10,7 @@ import yaml
 from flasgger import Swagger
 from flask import Flask, jsonify
 
-from app.manifests import Service
+from app.services.manifests import Service
 from app.settings import Settings
 from app.web import context
 

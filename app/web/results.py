@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from app.jobs import FINISHED, PROCESSING, JobStatus
-from app.summarize import partial_lines
+from app.jobs.store import FINISHED, PROCESSING, JobStatus
+from app.pipeline.summarize import partial_lines
 from app.web import context
 from app.web.errors import ApiError
 from app.web.views import ERROR, http_status, job_view, not_found_view

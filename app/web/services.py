@@ -5,7 +5,7 @@ import json
 
 from flask import Blueprint, jsonify, request, url_for
 
-from app import submissions
+from app.jobs import submit
 from app.web import context
 from app.web.errors import ApiError
 
@@ -65,11 +65,11 @@ def _number(name: str, raw) -> float | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool):
-        raise ApiError(400, f"'{name}' must be a number, got {submissions.shown(raw)}.")
+        raise ApiError(400, f"'{name}' must be a number, got {submit.shown(raw)}.")
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise ApiError(400, f"'{name}' must be a number, got {submissions.shown(raw)}.") from None
+        raise ApiError(400, f"'{name}' must be a number, got {submit.shown(raw)}.") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise ApiError(400, f"'{name}' must be a finite number.")
     return value
@@ -144,14 +144,14 @@ def generate(name: str):
     top_p = _number("top_p", values["top_p"])
     flavor = values["flavor"] or None
     try:
-        job_id = submissions.submit(context.store(), context.registry(), name, content=values["content"],
+        job_id = submit.submit(context.store(), context.registry(), name, content=values["content"],
                                     filename=values["filename"], flavor=flavor, temperature=temperature, top_p=top_p,
                                     queue=context.queue())
-    except submissions.QueueUnavailable as exc:
+    except submit.QueueUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    except submissions.NotFound as exc:
+    except submit.NotFound as exc:
         raise ApiError(404, str(exc)) from None
-    except submissions.InvalidSubmission as exc:
+    except submit.InvalidSubmission as exc:
         raise ApiError(400, str(exc)) from None
     response = jsonify({"jobId": job_id, "message": "Request successfully queued"})
     response.status_code = 202

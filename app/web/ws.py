@@ -28,7 +28,7 @@ from typing import Any
 from flask import Blueprint, current_app, g
 from flask_sock import ConnectionClosed, Sock
 
-from app.jobs import FINISHED, Job, JobStore
+from app.jobs.store import FINISHED, Job, JobStore
 from app.web import context
 from app.web.errors import error_response
 from app.web.views import task_view, unknown_task

@@ -81,10 +81,10 @@ class Work:
 
 def plan_work(label: str, text: str, manifest: str, flavor_name: str, api_base: str) -> Work:
     """The most the gateway can send for `text`: its own planner's batches, the engine's tokenizer."""
-    from app import chunking
-    from app.manifests import load_service
-    from app.tokenizers import get_tokenizer
-    from app.transcript import parse_transcript
+    from app.pipeline import chunking
+    from app.services.manifests import load_service
+    from app.pipeline.tokenizers import get_tokenizer
+    from app.pipeline.transcript import parse_transcript
 
     service = load_service(manifest)
     flavor = service.flavor(flavor_name)

@@ -187,10 +187,10 @@ def test_job_summary_english(engine, gateway, jobs):
 
 
 def test_gateway_token_count_matches_the_engine(engine):
-    """app.tokenizers counts a prompt as the engine will: compare with the engine's usage.prompt_tokens."""
-    from app.chunking import fill_template
-    from app.manifests import load_service
-    from app.tokenizers import clear_cache, get_tokenizer
+    """app.pipeline.tokenizers counts a prompt as the engine will: compare with the engine's usage.prompt_tokens."""
+    from app.pipeline.chunking import fill_template
+    from app.services.manifests import load_service
+    from app.pipeline.tokenizers import clear_cache, get_tokenizer
 
     clear_cache()
     flavor = load_service(os.path.join(SERVICES_DIR, "summary.json")).flavor(FLAVOR)

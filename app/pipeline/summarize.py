@@ -4,7 +4,7 @@ fields == 2 (e.g. "cra"): batches run in order, each prompt carrying the end of 
 so far for continuity. fields == 1 (e.g. "cred"): batches are independent and run
 concurrently. Either way a batch whose answer is cut (finish_reason "length") or whose prompt
 overflows the context is retried in two halves (unless the answer was cut because the model went
-into a loop: app/loops.py), and the state after every batch is handed to
+into a loop: app/pipeline/repetition.py), and the state after every batch is handed to
 `on_checkpoint` so an interrupted job resumes without sending finished batches again.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from app import chunking, metrics
-from app.engine import (Completion, ContextOverflowError, EmptyAnswerError, EngineClient, EngineError,
+from app import telemetry
+from app.pipeline import chunking
+from app.pipeline.engine import (Completion, ContextOverflowError, EmptyAnswerError, EngineClient, EngineError,
                         RetryPolicy, TransientEngineError, call_with_retries)
-from app.loops import trim_loop
-from app.manifests import Flavor
-from app.transcript import Turn
+from app.pipeline.repetition import trim_repetition
+from app.services.manifests import Flavor
+from app.pipeline.transcript import Turn
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class _Job:
                     top_p=self.top_p, max_tokens=self.flavor.max_generation_length)
             except EngineError as error:
                 last_empty = isinstance(error, EmptyAnswerError)
-                metrics.count_engine_error(error)
+                telemetry.count_engine_error(error)
                 with self.lock:       # `calls` counts answers; every call that got an error counts here
                     self.usage["failed_calls"] += 1
                 raise
@@ -335,7 +336,7 @@ class _Job:
                 f" (the job's retry budget of {self.job_retries} is spent)"
             raise EmptyAnswerError(f"the engine returned an empty answer for {what} after {tries} "
                                    f"{'try' if tries == 1 else 'tries'}{budget}") from None
-        metrics.count_engine_call(self.flavor.name, completion)
+        telemetry.count_engine_call(self.flavor.name, completion)
         with self.lock:
             self.usage["calls"] += 1
             self.usage["prompt_tokens"] += completion.prompt_tokens
@@ -413,8 +414,8 @@ class _Job:
             # One turn halved is cut by words: its first half is not a whole turn done.
             return self.summarize_halves(start, halves, prior, on_half if len(turns) > 1 else None)
         if completion.finish_reason == "length":
-            looped = trim_loop(completion.text)
-            if looped is not None:       # smaller batches would loop again: see app/loops.py
+            looped = trim_repetition(completion.text)
+            if looped is not None:       # smaller batches would loop again: see app/pipeline/repetition.py
                 self.warn(f"the answer for {_turns_label(start, turns)} went into a loop (the same words "
                           f"repeated up to maxGenerationLength); the repetition was cut off")
                 return clean_output(looped, self.template)
@@ -535,7 +536,7 @@ class _Job:
                 raise
             return self.reduce_halves(lines, template)
         if completion.finish_reason == "length":
-            looped = trim_loop(completion.text)
+            looped = trim_repetition(completion.text)
             if looped is not None:
                 self.warn("a reduced part of the summary went into a loop; the repetition was cut off")
                 return clean_output(looped, template)

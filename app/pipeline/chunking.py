@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from app.transcript import Turn
+from app.pipeline.transcript import Turn
 
 # Fewest tokens a batch must leave for turns; below this no transcript could ever be sent.
 MIN_TURN_ROOM = 16

@@ -1,7 +1,7 @@
 """`python3 -m app worker`: a Celery worker that runs the gateway's jobs (BROKER_URL mode).
 
 Any number of workers, on any number of machines, consume the queue that API nodes publish
-to (app/queue.py). Each worker process holds its own watched ServiceRegistry (the services
+to (app/jobs/broker.py). Each worker process holds its own watched ServiceRegistry (the services
 folder must be shared or synced) and runs a job exactly as the local runner does: it reuses
 `Runner.run_job`, so the pipeline, checkpoints, retries, fallbacks and cancellation are the
 same. `Worker.handle(job_id)` is what a delivered message does and `Worker.tick()` the
@@ -17,12 +17,12 @@ import threading
 import time
 from typing import Callable
 
-from app.jobs import Job, JobStatus, JobStore, open_store
+from app.jobs.store import Job, JobStatus, JobStore, open_store
 from app.logs import job_context
-from app.registry import ServiceRegistry
-from app.runner import Runner
+from app.services.registry import ServiceRegistry
+from app.jobs.runner import Runner
 from app.settings import Settings
-from app.summarize import summarize
+from app.pipeline.summarize import summarize
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def run_worker(settings: Settings) -> int:
     """The worker process: a Celery worker (threads pool, MAX_CONCURRENT_JOBS jobs at once) until SIGTERM."""
     from celery.signals import worker_shutting_down
 
-    from app.queue import QUEUE_NAME, TASK_NAME, JobQueue
+    from app.jobs.broker import QUEUE_NAME, TASK_NAME, JobQueue
 
     store = open_store(settings)
     store.init_schema()

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
-from app.engine import TransientEngineError
+from app.pipeline.engine import TransientEngineError
 
 logger = logging.getLogger(__name__)
 

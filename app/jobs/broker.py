@@ -2,7 +2,7 @@
 
 API nodes only publish `llm_gateway.run_job(job_id)` once a job is stored; the job itself
 (input, progress, checkpoint, result) stays in the job store. `python3 -m app worker`
-(app/worker.py) consumes the messages. Delivery is at-least-once and made safe by the store:
+(app/jobs/worker.py) consumes the messages. Delivery is at-least-once and made safe by the store:
 
 - late acknowledgement (`task_acks_late`): a message is acknowledged when its job has ended,
   not when a worker takes it, so a worker killed mid-job leaves it unacknowledged;

@@ -13,8 +13,8 @@ from typing import Iterable
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from app.engine import Completion, ContextOverflowError, PermanentEngineError, TransientEngineError
-from app.jobs import JobStatus, JobStore
+from app.pipeline.engine import Completion, ContextOverflowError, PermanentEngineError, TransientEngineError
+from app.jobs.store import JobStatus, JobStore
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST

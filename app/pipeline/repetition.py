@@ -20,7 +20,7 @@ _MIN_REPEATS = 3
 _MIN_LOOP_WORDS = 12
 
 
-def trim_loop(text: str) -> str | None:
+def trim_repetition(text: str) -> str | None:
     """`text` up to the end of the first copy of its final loop, or None if it has none."""
     spans = [m.span() for m in _WORD.finditer(text)]
     words = [text[a:b] for a, b in spans]

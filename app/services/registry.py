@@ -16,7 +16,7 @@ from typing import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from app.manifests import MANIFEST_SUFFIXES, ManifestError, Service, load_service
+from app.services.manifests import MANIFEST_SUFFIXES, ManifestError, Service, load_service
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.jobs import JobStore
-from app.manifests import current_template
-from app.registry import ServiceRegistry
-from app.transcript import TranscriptError, decode_bytes, parse_transcript
+from app.jobs.store import JobStore
+from app.services.manifests import current_template
+from app.services.registry import ServiceRegistry
+from app.pipeline.transcript import TranscriptError, decode_bytes, parse_transcript
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from app.chunking import BudgetError
-from app.engine import EngineError, RetryPolicy, TransientEngineError, get_engine
-from app.jobs import Job, JobStore, open_store
+from app.pipeline.chunking import BudgetError
+from app.pipeline.engine import EngineError, RetryPolicy, TransientEngineError, get_engine
+from app.jobs.store import Job, JobStore, open_store
 from app.logs import job_context
-from app.manifests import ManifestError, current_template
-from app.registry import ServiceRegistry
+from app.services.manifests import ManifestError, current_template
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
-from app.summarize import JobInterrupted, summarize
-from app.tokenizers import get_tokenizer
-from app.transcript import TranscriptError, parse_transcript
+from app.pipeline.summarize import JobInterrupted, summarize
+from app.pipeline.tokenizers import get_tokenizer
+from app.pipeline.transcript import TranscriptError, parse_transcript
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from app.jobs import JobStore
-from app.registry import ServiceRegistry
+from app.jobs.store import JobStore
+from app.services.registry import ServiceRegistry
 from app.settings import Settings
 
 RUNNER_STALE_AFTER_S = 15.0  # the runner beats every couple of seconds
@@ -19,7 +19,7 @@ def engine_reachable(api_base: str, api_key: str, now: float, ttl: float = 5.0) 
     cached = _engine_cache.get(api_base)
     if cached and now - cached[0] < ttl:
         return cached[1]
-    from app.engine import get_engine
+    from app.pipeline.engine import get_engine
     try:
         up = bool(get_engine(api_base, api_key, 5, 1).ping())
     except Exception:

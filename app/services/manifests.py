@@ -341,8 +341,8 @@ def check_prompt_room(service: Service, flavor: Flavor, template: str) -> None:
     """Reject a flavor whose template and reserved lengths leave no room for the transcript."""
     # Counted with the offline default tokenizer: the flavor's own one may live behind an
     # engine that is not up yet. The exact budget is enforced again when batches are planned.
-    from app.chunking import MIN_TURN_ROOM, default_context_reserve, prompt_room
-    from app.tokenizers import default_tokenizer
+    from app.pipeline.chunking import MIN_TURN_ROOM, default_context_reserve, prompt_room
+    from app.pipeline.tokenizers import default_tokenizer
     reserve = default_context_reserve(flavor) if service.fields == 2 else 0
     room = prompt_room(template, service.fields, flavor, default_tokenizer(), reserve)
     if room < MIN_TURN_ROOM:

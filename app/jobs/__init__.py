@@ -1,0 +1,1 @@
+"""Jobs: the model and the store, submitting, and the runner and worker that execute them."""

@@ -1,0 +1,1 @@
+"""The summarization pipeline: transcript → tokens → batches → engine calls → report. No job store, no HTTP."""

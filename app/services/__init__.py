@@ -1,0 +1,1 @@
+"""Services: one manifest and template per service, and the watched folder that holds them."""
