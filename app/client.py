@@ -39,6 +39,9 @@ class GatewayClient:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # The HTTP status of the last answer: GET /results says 202 (running) or 200 (ended)
+        # in it, which the tests' and e2e's waits check beside the body.
+        self.last_status: int | None = None
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -50,6 +53,7 @@ class GatewayClient:
                                             **kwargs)
         except requests.RequestException as exc:
             raise GatewayError(f"cannot reach the gateway at {self.url}: {type(exc).__name__}") from exc
+        self.last_status = response.status_code
         if response.status_code >= 400:
             raise GatewayError(_error_text(response), response.status_code)
         return response.json()
@@ -120,25 +124,40 @@ def wait_for(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, 
     return poll(client, job_id, on_update)
 
 
-def poll(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Poll GET /results/<id> until the job ends; connection errors are ridden out for a while."""
+class PollTimeout(TimeoutError):
+    """poll() was given a timeout and the job had not ended by then."""
+
+
+def poll(client: GatewayClient, job_id: str, on_update: Callable[[dict[str, Any]], None] = lambda data: None, *,
+         interval: float | None = None, timeout: float | None = None,
+         on_unreachable: Callable[[GatewayError], None] = lambda exc: None) -> dict[str, Any]:
+    """Poll GET /results/<id> every `interval` seconds (POLL_S) until the job ends; its last result.
+
+    on_update gets every answer (it may raise to stop following). A gateway that cannot be reached
+    (it may be restarting) is ridden out for UNREACHABLE_GRACE_S in a row, each failure handed to
+    on_unreachable; an HTTP error is raised at once. With `timeout`, PollTimeout once that many
+    seconds have passed without an end (the CLI waits for as long as the job takes)."""
+    interval = POLL_S if interval is None else interval      # read now: tests shorten POLL_S
+    deadline = None if timeout is None else time.monotonic() + timeout
     unreachable_since = None
     while True:
         try:
             data = client.result(job_id)
-            unreachable_since = None
         except GatewayError as exc:
             if exc.status is not None:
                 raise
+            on_unreachable(exc)
             unreachable_since = unreachable_since or time.monotonic()
             if time.monotonic() - unreachable_since > UNREACHABLE_GRACE_S:
                 raise
-            time.sleep(POLL_S)
-            continue
-        on_update(data)
-        if data["status"] in FINAL:
-            return data
-        time.sleep(POLL_S)
+        else:
+            unreachable_since = None
+            on_update(data)
+            if data["status"] in FINAL:
+                return data
+        if deadline is not None and time.monotonic() >= deadline:
+            raise PollTimeout(f"job {job_id} not finished after {timeout:g} s")
+        time.sleep(interval)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -304,13 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "submit" and not os.path.isfile(args.file):
         parser.error(f"cannot read {args.file!r}")
     client = GatewayClient(args.url, args.api_key)
+    return run_command(lambda: args.run(client, args), "stopped following; the job goes on "
+                       "(see: python3 -m app.client status ID)")
+
+
+def run_command(command: Callable[[], int], interrupted: str) -> int:
+    """A command-line tool's command: its exit code, a gateway error printed as `error: ...` (exit 1),
+    Ctrl-C answered with `interrupted` (exit 130). app.eval's commands go through it too."""
     try:
-        return args.run(client, args)
+        return command()
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("\nstopped following; the job goes on (see: python3 -m app.client status ID)", file=sys.stderr)
+        print(f"\n{interrupted}", file=sys.stderr)
         return 130
 
 

@@ -76,7 +76,7 @@ class Settings:
         values = dataclasses.asdict(self)
         values["api_key"] = "***"
         values["api_keys"] = "***" if self.api_keys else ""
-        from app.jobs.store import redacted
+        from app.jobs.schema import redacted
         for name in ("result_db_url", "broker_url"):
             values[name] = redacted(values[name]) if values[name] else ""
         return values

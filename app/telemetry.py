@@ -14,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app.pipeline.engine import Completion, ContextOverflowError, PermanentEngineError, TransientEngineError
-from app.jobs.store import JobStatus, JobStore
+from app.jobs.model import JobStatus
+from app.jobs.store import JobStore
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -9,10 +9,11 @@
     python3 scripts/bench.py --profile DIR    # py-spy the runner during P1 and the web workers
                                               # during P5, cProfile P3's pipeline; summaries in DIR
 
-It starts what it needs on loopback: the latency-model engine (scripts/latency_engine.py: a
-fixed cost per call plus a cost per output token, N requests served at once, the others
-queued), the real gateway (`python3 -m app`, Gunicorn + runner) on a temporary database and
-services folder, and, for P5, a bare Flask+SQLite endpoint under the same Gunicorn settings.
+It starts what it needs on loopback, with the tests' own harness (tests/processes.py): the fake
+engine in its latency mode (tests/fake_engine.py: a fixed cost per call plus a cost per output
+token, N requests served at once, the others queued in arrival order, no /tokenize), the real
+gateway (`python3 -m app`, Gunicorn + runner) on a temporary database and services folder, and,
+for P5, a bare Flask+SQLite endpoint under the same Gunicorn settings.
 Every figure is a ratio of two things measured side by side in the same run, so a slow or
 busy machine moves both. The table gives each figure, its target and pass/fail.
 
@@ -37,7 +38,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -56,9 +56,10 @@ if str(ROOT) not in sys.path:
 
 import requests  # noqa: E402  (after the path set-up, like the app's imports below)
 
+from tests.processes import FakeEngineProcess, Gateway, free_port, group_pids, stop_group, wait_until  # noqa: E402
+
 FR_MEDIUM = ROOT / "tests/data/fr/fr_medium_an_qag_2013-02-12.txt"
 DATA_DIR = ROOT / "tests/data"
-ENGINE_SCRIPT = ROOT / "scripts/latency_engine.py"
 MODEL = "bench-model"
 # The seed's cra flavor settings (services/cra.json "mixtral"), used by every case.
 SEED_FLAVOR = {"name": "seed", "modelName": MODEL, "totalContextLength": 32768,
@@ -93,10 +94,24 @@ FULL = Sizes(base_ms=150, per_token_ms=10, single_runs=2, p3_repeats=9, memory_m
              p5_base_ms=2000, p5_seconds=2, p5_rounds=10, p6_capacity=4, p6_out_tokens=40,
              p6_base_ms=800, job_timeout=240, h1_chars=1_000_000, h1_repeats=3, h2_lines=200_000,
              h2_base_ms=5)
-SMOKE = Sizes(base_ms=10, per_token_ms=0.2, single_runs=1, p3_repeats=3, memory_mb=0.5,
-              p5_base_ms=150, p5_seconds=1, p5_rounds=1, p6_capacity=4, p6_out_tokens=10,
+# Smoke sizes only exercise every case (tests/test_bench_smoke.py): P5's rounds are half a second
+# (wrk's shortest run is 1 s) and the memory run a quarter of a MB.
+SMOKE = Sizes(base_ms=10, per_token_ms=0.2, single_runs=1, p3_repeats=3, memory_mb=0.25,
+              p5_base_ms=150, p5_seconds=0.5, p5_rounds=1, p6_capacity=4, p6_out_tokens=10,
               p6_base_ms=20, job_timeout=60, h1_chars=100_000, h1_repeats=1, h2_lines=20_000,
              h2_base_ms=1)
+
+
+CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "H1", "H2")
+WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
+        "P2": ("1 job wall / engine time of its sequential calls", "<= 1.05"),
+        "P3": ("parse+chunk+plan of the largest transcript / raw tokenizer pass", "<= 2.0"),
+        "P4": ("engine calls, fr_medium, seed cra settings", "<= 50, every turn sent"),
+        "P5": ("GET /results/<id> requests per server CPU-second / bare Flask+SQLite, 8 jobs running",
+               ">= 0.7, p99 < 50 ms"),
+        "P6": ("fields:1 job wall / (ceil(batches/4) x per-call time)", "<= 1.2"),
+        "H1": ("plan time of a 1 MB spaceless line / raw tokenizer pass", "<= 5"),
+        "H2": ("bytes written to the store per job / input size, 2.5 MB 200k-line cra job", "<= 5")}
 
 
 @dataclass
@@ -124,175 +139,78 @@ class Row:
             return "ERROR"
         return "pass" if self.ok else "FAIL"
 
+    @classmethod
+    def of(cls, case: str, error: str | None = None) -> "Row":
+        """The case's row before it is measured (or when it failed): what it measures and its target."""
+        what, target = WHAT[case]
+        return cls(case, what, target=target, error=error)
+
+    def judge(self, figure: float, *more: bool) -> None:
+        """Record the figure; the row passes when it meets the comparison its target starts with
+        (the target's text is the only place a limit is written) and every further condition of
+        the target (`more`, e.g. P5's p99) holds."""
+        op, limit = re.match(r"(<=|>=)\s*([\d.]+)", self.target).groups()
+        self.figure = figure
+        self.ok = (figure <= float(limit) if op == "<=" else figure >= float(limit)) and all(more)
+
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-# --- processes -----------------------------------------------------------------------------
+# --- processes (tests/processes.py starts them) ---------------------------------------------
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def set_engine(engine: FakeEngineProcess, capacity: int, base_ms: float, per_token_ms: float = 0.0,
+               out_tokens: int | None = None) -> None:
+    """Forget the engine's records and set its latency model: base_ms + per_token_ms x output tokens
+    a call, `capacity` calls at once, every answer `out_tokens` long when that is set."""
+    engine.control(reset=True, max_in_flight=capacity, delay=base_ms / 1000, token_delay=per_token_ms / 1000,
+                   out_tokens=out_tokens)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll predicate() until it returns something truthy; fail after `timeout` seconds."""
+def engine_calls(engine: FakeEngineProcess, prompts: bool = False) -> tuple[list[dict], int]:
+    """The chat calls the engine has answered since its last reset, each with `engine_s`, its time
+    from getting a slot to its answer (the wait for a slot is the engine's queue, not its work);
+    and the most calls it served at once."""
+    state = engine.state(prompts)
+    calls = [dict(call, engine_s=call["finished"] - call["started"]) for call in state["requests"]
+             if call["path"] == "/v1/chat/completions" and call["started"] is not None
+             and call["finished"] is not None]
+    return calls, state["max_seen_in_flight"]
+
+
+def wait_jobs(gateway: Gateway, job_ids: list[str], timeout: float) -> list[dict]:
+    """Every job's final result, within one deadline; a job that did not complete fails the case."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    results = [gateway.wait_finished(job_id, max(0.0, deadline - time.monotonic())) for job_id in job_ids]
+    failed = [r for r in results if r["status"] != "complete"]
+    if failed:
+        raise RuntimeError(f"job {failed[0]['jobId']} {failed[0]['status']}: {failed[0].get('error')}")
+    return results
+
+
+def role_pids(gateway: Gateway) -> dict[str, list[int]]:
+    """Runner and Gunicorn worker pids (children of our supervisor), from /proc."""
+    found: dict[str, list[int]] = {"runner": [], "web": []}
+    for pid in group_pids(gateway.proc.pid):
         try:
-            value = predicate()
-        except (requests.RequestException, OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def stop_group(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL it if it lingers."""
-    if proc is None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-class Engine:
-    """scripts/latency_engine.py in its own process group."""
-
-    def __init__(self, sizes: Sizes, capacity: int = JOBS_AT_ONCE):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ENGINE_SCRIPT), "--port", "0", "--base-ms", str(sizes.base_ms),
-             "--per-token-ms", str(sizes.per_token_ms), "--capacity", str(capacity)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        line = self.proc.stdout.readline().strip()
-        self.base_url = line.rsplit(" ", 1)[-1]
-        if not self.base_url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"the latency engine did not start: {line!r}")
-        self.root = self.base_url[: -len("/v1")]
-
-    def configure(self, **body: Any) -> dict:
-        return requests.post(f"{self.root}/_config", json=body, timeout=10).json()
-
-    def stats(self) -> dict:
-        return requests.get(f"{self.root}/_stats", timeout=30).json()
-
-    def wait_idle(self, timeout: float = 60.0) -> None:
-        """Until no call is in flight (cancelled jobs may leave some)."""
-        def idle() -> bool:
-            first = len(self.stats()["calls"])
-            time.sleep(0.3)
-            return len(self.stats()["calls"]) == first
-        wait_for(idle, timeout, "the engine to be idle", interval=0.2)
-
-    def stop(self) -> None:
-        stop_group(self.proc, grace=2)
-
-
-class Gateway:
-    """The real `python3 -m app` (supervisor, Gunicorn workers, runner), as tests/processes.py starts it."""
-
-    def __init__(self, workdir: Path, api_base: str, services_dir: Path, env: dict[str, str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db_path = str(workdir / "results.sqlite")
-        self.log_path = workdir / "gateway.log"
-        self.args = ["--api_base", api_base, "--service_port", str(self.port), "--workers", "2",
-                     "--db_path", self.db_path, "--services_dir", str(services_dir),
-                     "--host", "127.0.0.1"]
-        self.env = dict(os.environ, **env)
-        self.proc: subprocess.Popen | None = None
-        self.session = requests.Session()
-
-    def start(self, timeout: float = 90.0) -> "Gateway":
-        self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", *self.args], env=self.env, cwd=ROOT,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: self.session.get(f"{self.url}/healthcheck", timeout=2).status_code == 200,
-                 timeout, "the gateway's /healthcheck")
-        wait_for(lambda: self.session.get(f"{self.url}/health", timeout=5).json()["runner"]["alive"],
-                 timeout, "the runner's heartbeat")
-        return self
-
-    def submit(self, service: str, path: Path, flavor: str = "seed") -> str:
-        with open(path, "rb") as handle:
-            response = self.session.post(f"{self.url}/services/{service}/generate",
-                                         files={"file": (path.name, handle)}, data={"flavor": flavor},
-                                         timeout=60)
-        if response.status_code != 202:
-            raise RuntimeError(f"submit to {service}: HTTP {response.status_code}: {response.text[:300]}")
-        return response.json()["jobId"]
-
-    def result(self, job_id: str) -> dict:
-        return self.session.get(f"{self.url}/results/{job_id}", timeout=30).json()
-
-    def wait_finished(self, job_ids: list[str], timeout: float) -> list[dict]:
-        """Poll until every job is finished; return their results (complete ones checked)."""
-        pending = set(job_ids)
-        done: dict[str, dict] = {}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for job_id in sorted(pending):
-                result = self.result(job_id)
-                if result.get("status") in ("complete", "error"):
-                    done[job_id] = result
-                    pending.discard(job_id)
-            if pending:
-                time.sleep(0.25)
-        if pending:
-            raise TimeoutError(f"{len(pending)} job(s) not finished after {timeout:.0f} s")
-        failed = [r for r in done.values() if r["status"] != "complete"]
-        if failed:
-            raise RuntimeError(f"job {failed[0]['jobId']} {failed[0]['status']}: {failed[0].get('error')}")
-        return [done[j] for j in job_ids]
-
-    def cancel(self, job_id: str) -> None:
-        self.session.delete(f"{self.url}/results/{job_id}", timeout=30)
-
-    def pids(self) -> dict[str, list[int]]:
-        """Runner and Gunicorn worker pids (children of our supervisor), from /proc."""
-        found: dict[str, list[int]] = {"runner": [], "web": []}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.getpgid(int(entry.name)) != self.proc.pid:
-                    continue
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ProcessLookupError):
-                continue
-            if cmdline[-2:-1] == [b"runner"] or b"runner" in cmdline[-2:]:
-                found["runner"].append(int(entry.name))
-            elif b"web" in cmdline[-2:] or any(b"-web" in part for part in cmdline):
-                found["web"].append(int(entry.name))
-        return found
-
-    def tokenizer_line(self) -> str:
-        """What the runner logged about the tokenizer it resolved."""
-        try:
-            lines = [line for line in self.log_path.read_text().splitlines() if "tokenizer for flavor" in line]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            return ""
-        return lines[-1].split("tokenizer for flavor", 1)[1].strip() if lines else ""
+            continue
+        if cmdline[-2:-1] == [b"runner"] or b"runner" in cmdline[-2:]:
+            found["runner"].append(pid)
+        elif b"web" in cmdline[-2:] or any(b"-web" in part for part in cmdline):
+            found["web"].append(pid)
+    return found
 
-    def stop(self) -> None:
-        stop_group(self.proc, grace=20)
-        if getattr(self, "_log", None):
-            self._log.close()
+
+def tokenizer_line(gateway: Gateway) -> str:
+    """What the runner logged about the tokenizer it resolved."""
+    try:
+        lines = [line for line in gateway.logs().splitlines() if "tokenizer for flavor" in line]
+    except OSError:
+        return ""
+    return lines[-1].split("tokenizer for flavor", 1)[1].strip() if lines else ""
 
 
 # --- the bare endpoint P5 compares with ---------------------------------------------------
@@ -353,8 +271,8 @@ class Bare:
             [sys.executable, str(Path(__file__).resolve()), "_bare", "--port", str(self.port),
              "--db", db_path, "--workers", str(workers)],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200, 60,
-                 "the bare endpoint")
+        wait_until(lambda: requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200, 60,
+                   what="the bare endpoint")
 
     def stop(self) -> None:
         stop_group(self.proc, grace=10)
@@ -451,19 +369,6 @@ def cpu_per_request(runs: list[dict]) -> float:
     return sum(r["cpu_s"] for r in runs) / max(1, sum(r["requests"] for r in runs)) * 1e6
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Every process of a process group we started."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    pids.append(int(entry.name))
-            except (OSError, ProcessLookupError):
-                pass
-    return pids
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time these processes have used so far (threads included)."""
     total = 0
@@ -534,26 +439,26 @@ class Bench:
 
     def __init__(self, sizes: Sizes, smoke: bool, profile_dir: Path | None, workdir: Path):
         self.sizes, self.smoke, self.profile_dir, self.workdir = sizes, smoke, profile_dir, workdir
-        self.engine: Engine | None = None
+        self.engine: FakeEngineProcess | None = None
         self.gateway: Gateway | None = None
         self.single: list[dict] = []        # results of the single-job runs (P2, P4, P1's baseline)
-        self.notes: list[str] = []
 
     # -- set-up --------------------------------------------------------------------------
 
     def start(self) -> None:
         services = self.workdir / "services"
         write_services(services)
-        self.engine = Engine(self.sizes)
-        log(f"latency engine at {self.engine.base_url}")
+        # No /tokenize: the gateway counts with its default tokenizer, as P3 and H1 measure it.
+        self.engine = FakeEngineProcess("--tokenize", "none")
+        set_engine(self.engine, JOBS_AT_ONCE, self.sizes.base_ms, self.sizes.per_token_ms)
+        log(f"fake engine (latency mode) at {self.engine.base_url}")
         # MAX_CONCURRENT_JOBS=8 for P1 and P5; everything else is the default (ENGINE_CONCURRENCY 8).
-        self.gateway = Gateway(self.workdir, self.engine.base_url, services,
-                               {"MAX_CONCURRENT_JOBS": str(JOBS_AT_ONCE)}).start()
+        self.gateway = Gateway(self.workdir, self.engine.base_url, services_dir=str(services), workers=2,
+                               env={"MAX_CONCURRENT_JOBS": str(JOBS_AT_ONCE)}).start(timeout=90)
         log(f"gateway at {self.gateway.url} (log {self.gateway.log_path})")
         # Warm-up: the runner resolves the flavor's tokenizer once per process; the first job pays it.
-        warm = self.gateway.submit("cra", DATA_DIR / "fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt")
-        self.gateway.wait_finished([warm], self.sizes.job_timeout)
-        log(f"runner's tokenizer: {self.gateway.tokenizer_line() or 'not logged'}")
+        self.run_job("cra", DATA_DIR / "fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt")
+        log(f"runner's tokenizer: {tokenizer_line(self.gateway) or 'not logged'}")
 
     def stop(self) -> None:
         if self.gateway:
@@ -561,17 +466,19 @@ class Bench:
         if self.engine:
             self.engine.stop()
 
+    def run_job(self, service: str, path: Path, timeout: float | None = None) -> dict:
+        """Submit one job and wait for it (`job_timeout` unless said); its final result."""
+        job_id = self.gateway.submit(service, str(path), flavor="seed")
+        return wait_jobs(self.gateway, [job_id], timeout or self.sizes.job_timeout)[0]
+
     # -- P2 + P4 (one job alone), also P1's baseline ---------------------------------------
 
     def run_single(self) -> None:
         """Run the fr_medium cra job alone `single_runs` times, recording its engine calls."""
         for i in range(self.sizes.single_runs):
-            self.engine.configure(reset=True, capacity=JOBS_AT_ONCE, base_ms=self.sizes.base_ms,
-                                  per_token_ms=self.sizes.per_token_ms, out_tokens=None,
-                                  record_prompts=(i == 0))
-            job_id = self.gateway.submit("cra", FR_MEDIUM)
-            result = self.gateway.wait_finished([job_id], self.sizes.job_timeout)[0]
-            calls = self.engine.stats()["calls"]
+            set_engine(self.engine, JOBS_AT_ONCE, self.sizes.base_ms, self.sizes.per_token_ms)
+            result = self.run_job("cra", FR_MEDIUM)
+            calls, _ = engine_calls(self.engine, prompts=(i == 0))
             run = {"wall": job_wall(result), "engine": sum(c["engine_s"] for c in calls),
                    "queued": result["startedAt"] - result["createdAt"],
                    # The gateway's time between one call's answer and the next call (engine clock).
@@ -583,10 +490,9 @@ class Bench:
                 f"{run['calls']} calls")
 
     def p2(self) -> Row:
-        row = Row("P2", "1 job wall / engine time of its sequential calls", target="<= 1.05")
+        row = Row.of("P2")
         ratios = [r["wall"] / r["engine"] for r in self.single]
-        row.figure = statistics.median(ratios)
-        row.ok = row.figure <= 1.05
+        row.judge(statistics.median(ratios))
         best = min(self.single, key=lambda r: abs(r["wall"] / r["engine"] - row.figure))
         gap = best["wall"] - best["engine"]
         between = sum(best["between"])
@@ -601,13 +507,12 @@ class Bench:
     def p4(self) -> Row:
         from app.pipeline.transcript import parse_transcript
 
-        row = Row("P4", "engine calls, fr_medium, seed cra settings", target="<= 50, every turn sent")
+        row = Row.of("P4")
         first = self.single[0]
         turns = parse_transcript(FR_MEDIUM.read_bytes(), FR_MEDIUM.name)
         template = (ROOT / "services/cra.txt").read_text(encoding="utf-8")
         problem = check_every_turn_sent(turns, sent_turn_sections(first["prompts"], template))
-        row.figure = float(first["calls"])
-        row.ok = first["calls"] <= 50 and problem is None
+        row.judge(float(first["calls"]), problem is None)
         row.detail = (f"{len(turns)} turns; " + ("every turn sent once, in order, with its speaker"
                                                  if problem is None else f"NOT every turn sent: {problem}"))
         return row
@@ -615,53 +520,46 @@ class Bench:
     # -- P1 ------------------------------------------------------------------------------
 
     def p1(self) -> Row:
-        row = Row("P1", f"{JOBS_AT_ONCE} concurrent jobs / 1 job, wall time", target="<= 1.15")
-        self.engine.configure(reset=True, capacity=JOBS_AT_ONCE, base_ms=self.sizes.base_ms,
-                              per_token_ms=self.sizes.per_token_ms, out_tokens=None, record_prompts=False)
+        row = Row.of("P1")
+        set_engine(self.engine, JOBS_AT_ONCE, self.sizes.base_ms, self.sizes.per_token_ms)
         profiler = self._profile("runner", "p1-runner")
         try:
-            job_ids = [self.gateway.submit("cra", FR_MEDIUM) for _ in range(JOBS_AT_ONCE)]
-            results = self.gateway.wait_finished(job_ids, self.sizes.job_timeout)
+            job_ids = [self.gateway.submit("cra", str(FR_MEDIUM), flavor="seed") for _ in range(JOBS_AT_ONCE)]
+            results = wait_jobs(self.gateway, job_ids, self.sizes.job_timeout)
         finally:
             self._stop_profile(profiler)
-        stats = self.engine.stats()
+        calls, most = engine_calls(self.engine)
         wall = max(r["finishedAt"] for r in results) - min(r["createdAt"] for r in results)
         single = statistics.median(r["wall"] for r in self.single)
-        row.figure = wall / single
-        row.ok = row.figure <= 1.15
+        row.judge(wall / single)
         spread = max(r["createdAt"] for r in results) - min(r["createdAt"] for r in results)
         row.detail = (f"8 jobs {wall:.2f} s (submitted over {spread:.2f} s) vs 1 job {single:.2f} s "
                       f"(median of {len(self.single)}); "
-                      f"engine served up to {stats['max_in_flight']} at once, {len(stats['calls'])} calls")
+                      f"engine served up to {most} at once, {len(calls)} calls")
         return row
 
     # -- P6 ------------------------------------------------------------------------------
 
     def p6(self) -> Row:
-        row = Row("P6", "fields:1 job wall / (ceil(batches/4) x per-call time)", target="<= 1.2")
+        row = Row.of("P6")
         cap = self.sizes.p6_capacity
-        self.engine.configure(reset=True, capacity=cap, base_ms=self.sizes.p6_base_ms, per_token_ms=0,
-                              out_tokens=self.sizes.p6_out_tokens, record_prompts=False)
-        job_id = self.gateway.submit("cred", FR_MEDIUM)
-        result = self.gateway.wait_finished([job_id], self.sizes.job_timeout)[0]
-        stats = self.engine.stats()
-        calls = stats["calls"]
+        set_engine(self.engine, cap, self.sizes.p6_base_ms, out_tokens=self.sizes.p6_out_tokens)
+        result = self.run_job("cred", FR_MEDIUM)
+        calls, most = engine_calls(self.engine)
         per_call = statistics.mean(c["engine_s"] for c in calls)
         ideal = math.ceil(len(calls) / cap) * per_call
         wall = job_wall(result)
-        row.figure = wall / ideal
-        row.ok = row.figure <= 1.2
+        row.judge(wall / ideal)
         row.detail = (f"fr_medium, cred: {len(calls)} batches, engine capacity {cap} (served up to "
-                      f"{stats['max_in_flight']} at once), {per_call * 1000:.0f} ms per call: "
+                      f"{most} at once), {per_call * 1000:.0f} ms per call: "
                       f"wall {wall:.2f} s vs ideal {ideal:.2f} s")
         return row
 
     # -- H2 ------------------------------------------------------------------------------
 
     def h2(self) -> Row:
-        row = Row("H2", "bytes written to the store per job / input size, 2.5 MB 200k-line cra job", target="<= 5")
-        self.engine.configure(reset=True, capacity=JOBS_AT_ONCE, base_ms=self.sizes.h2_base_ms, per_token_ms=0,
-                              out_tokens=None, record_prompts=False)
+        row = Row.of("H2")
+        set_engine(self.engine, JOBS_AT_ONCE, self.sizes.h2_base_ms)
         path = self.workdir / "h2_transcript.txt"
         path.write_bytes(h2_transcript(self.sizes.h2_lines))
         size = path.stat().st_size
@@ -676,12 +574,10 @@ class Bench:
         pids = group_pids(self.gateway.proc.pid)
         before = io_written(pids)
         db_before = store_file_bytes(self.gateway.db_path)
-        job_id = self.gateway.submit("cra", path)
-        result = self.gateway.wait_finished([job_id], max(self.sizes.job_timeout, 900))[0]
+        result = self.run_job("cra", path, timeout=max(self.sizes.job_timeout, 900))
         written = io_written(pids) - before
-        calls = len(self.engine.stats()["calls"])
-        row.figure = written / size
-        row.ok = row.figure <= 5
+        calls = len(engine_calls(self.engine)[0])
+        row.judge(written / size)
         row.detail = (f"{self.sizes.h2_lines:,} lines, {size / 2**20:.2f} MB, {calls} batches (checkpoints), "
                       f"wall {job_wall(result):.1f} s: {written / 2**20:.1f} MB written by the gateway's "
                       f"processes (wchar); database + WAL files grew by "
@@ -691,26 +587,24 @@ class Bench:
     # -- P5 ------------------------------------------------------------------------------
 
     def p5(self) -> Row:
-        row = Row("P5", "GET /results/<id> requests per server CPU-second / bare Flask+SQLite, 8 jobs running",
-                  target=">= 0.7, p99 < 50 ms")
+        row = Row.of("P5")
         wrk = ensure_wrk(allow_install=not self.smoke)
         tool = "wrk" if wrk else "python threads (wrk missing)"
-        self.engine.configure(reset=True, capacity=JOBS_AT_ONCE, base_ms=self.sizes.p5_base_ms,
-                              per_token_ms=self.sizes.per_token_ms, out_tokens=None, record_prompts=False)
+        set_engine(self.engine, JOBS_AT_ONCE, self.sizes.p5_base_ms, self.sizes.per_token_ms)
         bare = Bare(self.workdir, self.gateway.db_path)
-        job_ids = [self.gateway.submit("cra", FR_MEDIUM) for _ in range(JOBS_AT_ONCE)]
+        job_ids = [self.gateway.submit("cra", str(FR_MEDIUM), flavor="seed") for _ in range(JOBS_AT_ONCE)]
         profiler = None
         try:
-            wait_for(lambda: all(self.gateway.result(j)["status"] == "processing" for j in job_ids), 60,
-                     "the 8 jobs to be processing")
+            wait_until(lambda: all(self.gateway.result(j)["status"] == "processing" for j in job_ids), 60,
+                       what="the 8 jobs to be processing")
             target = job_ids[0]
-            wait_for(lambda: self.gateway.result(target)["progress"] > 0, 60, "a job's first checkpoint")
+            wait_until(lambda: self.gateway.result(target)["progress"] > 0, 60, what="a job's first checkpoint")
             gateway_url = f"{self.gateway.url}/results/{target}"
             bare_url = f"{bare.url}/one/{target}"
             # One client per running job, each polling back to back: enough to keep both servers'
             # 2 workers busy (their GIL is the limit, not their 2 x 8 threads).
             connections = JOBS_AT_ONCE
-            gateway_pids, bare_pids = self.gateway.pids()["web"], group_pids(bare.proc.pid)
+            gateway_pids, bare_pids = role_pids(self.gateway)["web"], group_pids(bare.proc.pid)
 
             def measure(url: str, pids: list[int]) -> dict:
                 cpu, started = cpu_seconds(pids), time.monotonic()
@@ -751,8 +645,7 @@ class Bench:
         b_p99 = statistics.median(r["p99_ms"] for r in bare_runs)
         worst = max(r["p99_ms"] for r in gateway_runs)
         bad = sum(r["non2xx"] for r in gateway_runs)      # 202 (processing) is a success
-        row.figure = b_cpu / g_cpu
-        row.ok = row.figure >= 0.7 and g_p99 < 50 and bad == 0
+        row.judge(b_cpu / g_cpu, g_p99 < 50, bad == 0)
         row.detail = (f"{tool}, {connections} connections, {len(raw_ratios)} interleaved rounds of "
                       f"{self.sizes.p5_seconds:g} s: CPU per request {g_cpu:.0f} us vs {b_cpu:.0f} us bare "
                       f"(servers busy {statistics.median(r['cores'] for r in gateway_runs):.2f} vs "
@@ -766,7 +659,7 @@ class Bench:
     # -- P3 (in this process) ------------------------------------------------------------
 
     def p3(self) -> Row:
-        row = Row("P3", "parse+chunk+plan of the largest transcript / raw tokenizer pass", target="<= 2.0")
+        row = Row.of("P3")
         from app.pipeline.chunking import default_context_reserve, plan_batches
         from app.pipeline.tokenizers import default_tokenizer
         from app.pipeline.transcript import decode_bytes, parse_transcript
@@ -804,8 +697,7 @@ class Bench:
         batches = pipeline()
         pipe, whole, by_line = (statistics.median(t) for t in (pipe_times, raw_times, lines_times))
         # The figure takes the faster of the two raw passes: the stricter ratio.
-        row.figure = pipe / min(whole, by_line)
-        row.ok = row.figure <= 2.0
+        row.judge(pipe / min(whole, by_line))
         memory = measure_memory(self.sizes.memory_mb)
         row.detail = (f"{path.relative_to(ROOT)} ({len(data) // 1024} KB, {raw():,} tokens, {len(batches)} batches): "
                       f"{pipe * 1000:.0f} ms vs raw {whole * 1000:.0f} ms in one call, {by_line * 1000:.0f} ms by "
@@ -820,7 +712,7 @@ class Bench:
         """py-spy the runner or the web workers until _stop_profile (only with --profile)."""
         if not self.profile_dir or not shutil.which("py-spy"):
             return None
-        pids = self.gateway.pids()[role]
+        pids = role_pids(self.gateway)[role]
         if not pids:
             return None
         # The web role: the Gunicorn master (the lowest pid) and, with --subprocesses, its workers.
@@ -862,7 +754,7 @@ def h1(sizes: Sizes) -> Row:
     from app.pipeline.tokenizers import default_tokenizer
     from app.pipeline.transcript import parse_transcript
 
-    row = Row("H1", WHAT["H1"][0], target=WHAT["H1"][1])
+    row = Row.of("H1")
     spaceless = "".join(FR_MEDIUM.read_text(encoding="utf-8").split())
     line = (spaceless * (sizes.h1_chars // len(spaceless) + 1))[:sizes.h1_chars]
     text = f"Orateur : {line}\n"
@@ -885,8 +777,7 @@ def h1(sizes: Sizes) -> Row:
         pipe_times.append(timed(pipeline))
     pipe, whole = statistics.median(pipe_times), statistics.median(raw_times)
     batches = pipeline()
-    row.figure = pipe / whole
-    row.ok = row.figure <= 5
+    row.judge(pipe / whole)
     row.detail = (f"{len(line):,}-character line ({raw():,} tokens, {len(batches)} batches): plan "
                   f"{pipe * 1000:.0f} ms vs raw {whole * 1000:.0f} ms (median of {sizes.h1_repeats}), {tokenizer.name}")
     return row
@@ -1064,18 +955,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "H1", "H2")
-WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
-        "P2": ("1 job wall / engine time of its sequential calls", "<= 1.05"),
-        "P3": ("parse+chunk+plan of the largest transcript / raw tokenizer pass", "<= 2.0"),
-        "P4": ("engine calls, fr_medium, seed cra settings", "<= 50, every turn sent"),
-        "P5": ("GET /results/<id> requests per server CPU-second / bare Flask+SQLite, 8 jobs running",
-               ">= 0.7, p99 < 50 ms"),
-        "P6": ("fields:1 job wall / (ceil(batches/4) x per-call time)", "<= 1.2"),
-        "H1": ("plan time of a 1 MB spaceless line / raw tokenizer pass", "<= 5"),
-        "H2": ("bytes written to the store per job / input size, 2.5 MB 200k-line cra job", "<= 5")}
-
-
 def run(args) -> int:
     sizes = SMOKE if args.smoke else FULL
     wanted = [c.strip().upper() for c in args.only.split(",")] if args.only else list(CASES)
@@ -1101,7 +980,7 @@ def run(args) -> int:
         except Exception as exc:
             crashed = True
             traceback.print_exc()
-            rows[case] = Row(case, *WHAT[case], error=f"{type(exc).__name__}: {exc}")
+            rows[case] = Row.of(case, error=f"{type(exc).__name__}: {exc}")
         log(f"{case}: {rows[case].shown_figure()} ({rows[case].verdict()})")
 
     attempt("P3", lambda: Bench(sizes, args.smoke, profile_dir, Path(".")).p3())
@@ -1125,9 +1004,9 @@ def run(args) -> int:
                 crashed = True
                 traceback.print_exc()
                 for case in wanted:
-                    rows.setdefault(case, Row(case, *WHAT[case], error=f"set-up failed: {type(exc).__name__}: {exc}"))
-                if bench.gateway is not None and bench.gateway.log_path.exists():
-                    log("gateway log tail:\n" + "\n".join(bench.gateway.log_path.read_text().splitlines()[-30:]))
+                    rows.setdefault(case, Row.of(case, error=f"set-up failed: {type(exc).__name__}: {exc}"))
+                if bench.gateway is not None and os.path.exists(bench.gateway.log_path):
+                    log("gateway log tail:\n" + "\n".join(bench.gateway.logs().splitlines()[-30:]))
             finally:
                 bench.stop()
     ordered = [rows[c] for c in CASES if c in rows]
@@ -1165,6 +1044,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_memory":
         run_memory(args.mb)
         return 0
+    # The processes are started as the tests start them (`python3 -m app`, `-m tests.fake_engine`):
+    # from the repository's root, wherever the script was started from.
+    args.json = args.json and str(Path(args.json).resolve())
+    args.profile = args.profile and str(Path(args.profile).resolve())
+    os.chdir(ROOT)
     return run(args)
 
 

@@ -6,7 +6,8 @@
                                                                 #  eval "$(bash scripts/services.sh)")
 
 Everything runs on loopback against the fake engine (`tests/fake_engine.py`, `--delay` seconds
-per call), so the figures are the gateway's overhead and ceilings, not an engine's speed.
+per call), started with the tests' harness (`tests/processes.py`), so the figures are the
+gateway's overhead and ceilings, not an engine's speed.
 Prints one JSON object: accepted submissions per second (N clients at once), then jobs
 completed per second once all are queued, with the engine answering in `--delay` seconds.
 """
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from tests.processes import FakeEngineProcess, Gateway, wait_until  # noqa: E402
+from tests.processes import EMBEDDED, Deployment, FakeEngineProcess, Gateway, wait_until  # noqa: E402
 
 
 def main() -> None:
@@ -45,28 +45,23 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-scale-"))
     shutil.copytree(ROOT / "services", workdir / "services")
-    env = dict(os.environ, MAX_CONCURRENT_JOBS=str(args.jobs_per_worker), ENGINE_CONCURRENCY="64")
+    env = {"MAX_CONCURRENT_JOBS": str(args.jobs_per_worker), "ENGINE_CONCURRENCY": "64"}
     schema = None
+    deployment = EMBEDDED
     if args.mode == "scale":
         from tests.store_backends import PostgresSchema
         import redis
         schema = PostgresSchema(os.environ["RESULT_DB_URL_TEST"])
         redis.Redis.from_url(os.environ["BROKER_URL_TEST"]).flushdb()
-        env.update(RESULT_DB_URL=schema.url, BROKER_URL=os.environ["BROKER_URL_TEST"])
-    engine = FakeEngineProcess("--delay", str(args.delay))
-    workers: list[subprocess.Popen] = []
-    gateway = None
+        # The web node and `args.workers` worker processes, started and stopped together.
+        deployment = Deployment("scaled", env={"RESULT_DB_URL": schema.url, "BROKER_URL": os.environ["BROKER_URL_TEST"]},
+                                workers=args.workers, jobs_per_worker=args.jobs_per_worker)
     os.chdir(ROOT)
+    engine = FakeEngineProcess("--delay", str(args.delay))
+    gateway = None
     try:
-        if args.mode == "scale":
-            for i in range(args.workers):
-                log = open(workdir / f"worker-{i}.log", "w")
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "app", "worker", "--api_base", engine.base_url,
-                     "--services_dir", str(workdir / "services")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True))
         gateway = Gateway(workdir, engine.base_url, services_dir=str(workdir / "services"),
-                          workers=args.web_workers, env=env).start(timeout=90)
+                          workers=args.web_workers, env=env, deployment=deployment).start(timeout=90)
         local = threading.local()
 
         def submit(i: int) -> str:
@@ -99,13 +94,6 @@ def main() -> None:
     finally:
         if gateway is not None:
             gateway.stop()
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         engine.stop()
         if schema is not None:
             schema.close()

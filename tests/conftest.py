@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake OpenAI-compatible engine on an ephemeral loopback port; job stores; deployments.
+"""Shared fixtures: the fake OpenAI-compatible engine on an ephemeral loopback port; job stores; runners; deployments.
 
 Also the "figures" section at the end of a run: what passing tests print (jobs lost, 5xx seen,
 retries, calls resent, reload times) is shown there, so CI's log carries the figures without `-s`.
@@ -23,6 +23,66 @@ def store_backend(request, tmp_path):
     yield backend
     if schema is not None:
         schema.close()
+
+
+class RunnerFactory:
+    """The one way the tests build a Runner (driven by tick(), its jobs in its own threads).
+
+    `make_runner(services, **settings)` writes the services (file stem → manifest) to a folder
+    under the test's tmp_path, opens a fresh job store (`backend`'s, else a SQLite file there),
+    loads the registry and returns the runner: `runner.store`, `runner.registry`. A second runner
+    on the same store and services (another node, a restart) is `make_runner.another(runner)`.
+    """
+
+    def __init__(self, tmp_path):
+        self.folder = tmp_path / "services"
+        self.db_path = str(tmp_path / "jobs.sqlite")
+        self.made = []
+
+    def __call__(self, services, *, backend=None, summarize_fn=None, **settings):
+        from app.jobs.store import open_store
+        from app.services.registry import ServiceRegistry
+        from app.settings import Settings
+        from tests.manifest_factory import write_service
+        self.folder.mkdir(exist_ok=True)
+        for stem, data in services.items():
+            write_service(str(self.folder), stem, data)
+        where = backend.settings_kwargs() if backend is not None else {"db_path": self.db_path}
+        chosen = Settings(**where, services_dir=str(self.folder), **settings)
+        store = open_store(chosen)
+        store.init_schema()
+        registry = ServiceRegistry(str(self.folder))
+        registry.reload()
+        return self._runner(chosen, store, registry, summarize_fn)
+
+    def another(self, runner, *, summarize_fn=None, **settings):
+        """One more runner on `runner`'s store and services, with these settings changed."""
+        import dataclasses
+        return self._runner(dataclasses.replace(runner.settings, **settings), runner.store, runner.registry,
+                            summarize_fn)
+
+    def _runner(self, settings, store, registry, summarize_fn):
+        from app.jobs.runner import Runner
+        from app.pipeline.summarize import summarize
+        runner = Runner(settings, store, registry, summarize_fn or summarize)
+        self.made.append(runner)
+        return runner
+
+    def close(self):
+        """Shut every runner down (its running jobs back in the queue), then close the stores."""
+        for runner in self.made:
+            runner.shutdown(timeout=5)
+        for store in {id(runner.store): runner.store for runner in self.made}.values():
+            store.close()
+
+
+@pytest.fixture
+def make_runner(tmp_path):
+    """A RunnerFactory; what it made is shut down after the test. Ask for it after `fake_engine` and
+    `store_backend`, so the runners stop before the engine and the store they use go away."""
+    factory = RunnerFactory(tmp_path)
+    yield factory
+    factory.close()
 
 
 DEPLOYMENTS = ["embedded", "scaled"]

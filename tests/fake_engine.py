@@ -15,7 +15,16 @@ As a process (for tests that run the real server in a subprocess):
 and, while it runs, `POST /_control` with JSON {"faults": [...], "delay": .., "reset": true, ...}
 and `GET /_control` for the recorded requests (see `_control`).
 
-Tokens are whitespace-separated words, everywhere (usage, /tokenize, context checks).
+The latency model (scripts/bench.py runs it so): a chat call costs `delay` + `token_delay` x its
+completion tokens, at most `max_in_flight` calls are served at once and the others wait in
+arrival order (a batching engine such as vLLM), `out_tokens` makes every answer that long so
+every call costs the same, and `--tokenize none` leaves out /tokenize so the gateway counts with
+its own default tokenizer. The time is spent waiting, so the fake needs almost no CPU.
+
+    python3 -m tests.fake_engine --delay 0.15 --token-delay 0.01 --max-in-flight 8 --tokenize none
+
+Tokens are whitespace-separated words, everywhere (usage, /tokenize, context checks), unless
+`encode` and `chat_template` are given (tests of the gateway's tokenizers count with a real one).
 The default completion echoes, for every line of the prompt's last section (text after the
 last blank line that contains a "Speaker : text" line) that looks like "Speaker : text",
 one line "Speaker : <first `words_per_line` words of text>": so a test can check that every
@@ -63,6 +72,21 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+def word_ids(text: str, add_special: bool = False) -> list[int]:
+    """The fake's token ids: one per whitespace-separated word (there are no special tokens)."""
+    return [zlib.crc32(word.encode()) % 32000 for word in text.split()]
+
+
+def chat_text(messages: list[dict[str, Any]]) -> str:
+    """The fake's chat template: CHAT_OVERHEAD marker words around each message's content."""
+    return " ".join(f"<s> <|{m.get('role', 'user')}|> {m.get('content', '')} <|end|> </s>" for m in messages)
+
+
+# What /tokenize speaks: vLLM's API, llama.cpp's (with /apply-template), or none (404, as an
+# engine without the route: the gateway falls back to its own default tokenizer).
+TOKENIZE_APIS = ("vllm", "llamacpp", "none")
+
+
 def last_section_turns(prompt: str) -> list[tuple[str, str]]:
     """(speaker, text) of the "Speaker : text" lines in the prompt's last section holding any."""
     sections = re.split(r"\n\s*\n", prompt)
@@ -81,6 +105,16 @@ def echo_reply(prompt: str, words_per_line: int) -> str:
     return "\n".join(lines)
 
 
+def exactly(text: str, tokens: int) -> str:
+    """The text cut or padded (with "etc.") to exactly `tokens` words: every call of the latency
+    model then costs the same."""
+    kept = _first_tokens(text, tokens)
+    missing = tokens - count_tokens(kept)
+    if missing > 0:
+        kept = "\n".join(filter(None, [kept.rstrip(), " ".join(["etc."] * missing)]))
+    return kept
+
+
 def parse_fault(spec: str) -> dict[str, Any]:
     """"429:retry_after=2,times=3" -> {"kind": "429", "retry_after": 2.0, "times": 3}."""
     kind, _, options = spec.partition(":")
@@ -96,13 +130,23 @@ class FakeEngine:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0,
                  max_in_flight: int | None = None, words_per_line: int = 5,
-                 max_model_len: int = 32768, models: tuple[str, ...] | None = None):
+                 max_model_len: int = 32768, models: tuple[str, ...] | None = None,
+                 token_delay: float = 0.0, out_tokens: int | None = None, tokenize: str = "vllm",
+                 encode: Callable[[str, bool], list[int]] = word_ids,
+                 chat_template: Callable[[list[dict[str, Any]]], str] = chat_text):
+        if tokenize not in TOKENIZE_APIS:
+            raise ValueError(f"unknown tokenize API {tokenize!r}; known: {', '.join(TOKENIZE_APIS)}")
         self.host, self.port = host, port
         self.delay = delay                    # seconds added to every chat completion
+        self.token_delay = token_delay        # and seconds per completion token (latency model)
         self.max_in_flight = max_in_flight    # served at once; others wait (None = no limit)
         self.words_per_line = words_per_line
+        self.out_tokens = out_tokens          # every answer exactly this many words (None: as echoed)
         self.max_model_len = max_model_len    # prompt + max_tokens above this -> 400 context
         self.models = models                  # None: any model name is accepted
+        self.tokenize = tokenize              # the tokenize API served (TOKENIZE_APIS)
+        self.encode = encode                  # (text, add special tokens) -> token ids
+        self.chat_template = chat_template    # messages -> the text the model reads
         self.reply: Callable[[str], str] | None = None   # custom completion: prompt -> text
         self.requests: list[dict[str, Any]] = []          # every request, in arrival order
         self.faults: deque[dict[str, Any]] = deque()      # consumed by the next chat calls
@@ -110,6 +154,7 @@ class FakeEngine:
         self.max_seen_in_flight = 0
         self.lock = threading.Lock()
         self._slots_lock = threading.Condition(self.lock)
+        self._waiting: deque[object] = deque()            # calls waiting for a slot, in arrival order
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -176,33 +221,60 @@ class FakeEngine:
             self.faults.clear()
             self.max_seen_in_flight = 0
 
+    def configure(self, **settings: Any) -> None:
+        """Change settings while serving (CONTROL_SETTINGS); calls waiting for a slot see a new
+        max_in_flight at once."""
+        unknown = set(settings) - set(CONTROL_SETTINGS)
+        if unknown:
+            raise ValueError(f"not a setting of the fake engine: {', '.join(sorted(unknown))}")
+        with self._slots_lock:
+            for key, value in settings.items():
+                setattr(self, key, value)
+            self._slots_lock.notify_all()
+
     # --- internals used by the handler -------------------------------------------------
+
+    def count(self, text: str) -> int:
+        """Tokens of a text the model reads (words, without the cost of their ids by default)."""
+        return count_tokens(text) if self.encode is word_ids else len(self.encode(text, True))
 
     def _next_fault(self) -> dict[str, Any] | None:
         with self.lock:
             return self.faults.popleft() if self.faults else None
 
     def _acquire_slot(self) -> None:
+        # First come, first served, as a batching engine queues what it cannot take yet: the
+        # benchmarks' ideal times assume it.
+        ticket = object()
         with self._slots_lock:
-            while (self.max_in_flight is not None and self.in_flight >= self.max_in_flight
-                   and not self._stopping.is_set()):
+            self._waiting.append(ticket)
+            while not self._stopping.is_set() and (
+                    self._waiting[0] is not ticket
+                    or (self.max_in_flight is not None and self.in_flight >= self.max_in_flight)):
                 self._slots_lock.wait(0.1)
+            self._waiting.remove(ticket)
             self.in_flight += 1
             self.max_seen_in_flight = max(self.max_seen_in_flight, self.in_flight)
+            self._slots_lock.notify_all()       # the next in line may fit too
 
     def _release_slot(self) -> None:
         with self._slots_lock:
             self.in_flight -= 1
-            self._slots_lock.notify()
+            self._slots_lock.notify_all()
 
     def _wait(self, seconds: float) -> None:
         self._stopping.wait(seconds)
+
+
+# What POST /_control may change while the fake runs (FakeEngine.configure).
+CONTROL_SETTINGS = ("delay", "token_delay", "max_in_flight", "words_per_line", "out_tokens", "max_model_len")
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False     # stop() must not wait for a request hanging on purpose
     allow_reuse_address = True
+    request_queue_size = 128   # a gateway opening dozens of connections at once (benchmarks)
     engine: FakeEngine
 
     def handle_error(self, request, client_address) -> None:
@@ -263,22 +335,31 @@ class _Handler(BaseHTTPRequestHandler):
     # --- routes ------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        if self.path != "/_control":
+        route, _, query = self.path.partition("?")
+        if route != "/_control":
             self._record({})
-        if self.path == "/health":
+        if route == "/health":
             self._send(200, b"")
-        elif self.path == "/v1/models":
+        elif route == "/v1/models":
             names = self.engine.models or ("fake-model",)
             self._send(200, {"object": "list", "data": [
                 {"id": n, "object": "model", "owned_by": "fake",
                  "max_model_len": self.engine.max_model_len} for n in names]})
-        elif self.path == "/_control":
-            with self.engine.lock:
-                self._send(200, {"requests": list(self.engine.requests),
-                                 "faults_pending": len(self.engine.faults),
-                                 "max_seen_in_flight": self.engine.max_seen_in_flight})
+        elif route == "/_control":
+            self._state(with_prompts="prompts=0" not in query.split("&"))
         else:
             self._error(404, f"no route {self.path}", "NotFoundError")
+
+    def _state(self, with_prompts: bool) -> None:
+        """GET /_control: the records (?prompts=0 leaves out the prompts, which a benchmark's
+        thousands of long calls make heavy), faults pending, calls in flight and waiting."""
+        eng = self.engine
+        with eng.lock:      # answered under the lock: no record changes while it is written out
+            records = eng.requests if with_prompts else [
+                {k: v for k, v in r.items() if k not in ("messages", "prompt")} for r in eng.requests]
+            self._send(200, {"requests": records, "faults_pending": len(eng.faults),
+                             "max_seen_in_flight": eng.max_seen_in_flight, "in_flight": eng.in_flight,
+                             "waiting": len(eng._waiting)})
 
     def do_POST(self) -> None:
         body = self._read_json()
@@ -287,9 +368,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "request body is not JSON", "BadRequestError")
         elif self.path == "/v1/chat/completions":
             self._chat(body)
-        elif self.path == "/tokenize":
+        elif self.path == "/tokenize" and self.engine.tokenize != "none":
             self._record(body)
             self._tokenize(body)
+        elif self.path == "/apply-template" and self.engine.tokenize == "llamacpp":
+            self._record(body)
+            self._send(200, {"prompt": self.engine.chat_template(body.get("messages") or [])})
         elif self.path == "/_control":
             self._control(body)
         else:
@@ -304,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
             "temperature": body.get("temperature"), "top_p": body.get("top_p"),
             "max_tokens": body.get("max_tokens"),
             "authorization": self.headers.get("Authorization"),
-            "arrived": time.monotonic(), "finished": None, "status": None, "fault": None,
+            "arrived": time.monotonic(), "started": None, "finished": None, "status": None, "fault": None,
             "finish_reason": None,
         }
         with self.engine.lock:
@@ -312,16 +396,17 @@ class _Handler(BaseHTTPRequestHandler):
         return record
 
     def _tokenize(self, body: dict[str, Any]) -> None:
+        eng = self.engine
+        if eng.tokenize == "llamacpp":
+            # llama.cpp's shape; a body without "content" (vLLM's) is no tokens, not an error.
+            tokens = eng.encode(body.get("content", ""), bool(body.get("add_special", False)))
+            self._send(200, {"tokens": tokens})
+            return
         if "messages" in body:
-            text = " ".join(m.get("content", "") for m in body["messages"])
-            count = count_tokens(text) + CHAT_OVERHEAD * len(body["messages"])
+            tokens = eng.encode(eng.chat_template(body["messages"]), True)
         else:
-            count = count_tokens(body.get("prompt", ""))
-        words = (text if "messages" in body else body.get("prompt", "")).split()
-        tokens = [zlib.crc32(w.encode()) % 32000 for w in words]
-        tokens += [1] * (count - len(tokens))     # the chat template's own tokens
-        self._send(200, {"count": count, "tokens": tokens,
-                         "max_model_len": self.engine.max_model_len})
+            tokens = eng.encode(body.get("prompt", ""), bool(body.get("add_special_tokens", True)))
+        self._send(200, {"count": len(tokens), "tokens": tokens, "max_model_len": eng.max_model_len})
 
     def _control(self, body: dict[str, Any]) -> None:
         """Set the fake's behavior from another process: faults, delay, limits, reset."""
@@ -331,9 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
         for fault in body.get("faults", []):
             fault = parse_fault(fault) if isinstance(fault, str) else dict(fault)
             eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)
-        for key in ("delay", "max_in_flight", "words_per_line", "max_model_len"):
-            if key in body:
-                setattr(eng, key, body[key])
+        eng.configure(**{key: body[key] for key in CONTROL_SETTINGS if key in body})
         self._send(200, {"ok": True, "faults_pending": len(eng.faults)})
 
     def _chat(self, body: dict[str, Any]) -> None:
@@ -341,6 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
         record = self._record(body)
         self._current = record
         eng._acquire_slot()
+        record["started"] = time.monotonic()      # given a slot: what came before was waiting
         try:
             status = self._answer_chat(body, record, eng._next_fault())
         finally:
@@ -390,8 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         messages = body.get("messages") or []
         prompt = messages[-1].get("content", "") if messages else ""
-        prompt_tokens = (sum(count_tokens(m.get("content", "")) for m in messages)
-                         + CHAT_OVERHEAD * len(messages))
+        prompt_tokens = eng.count(eng.chat_template(messages))
         max_tokens = int(body.get("max_tokens") or 256)
         if kind == "context" or prompt_tokens + max_tokens > eng.max_model_len:
             limit = int(fault.get("max_model_len", prompt_tokens)) if fault else eng.max_model_len
@@ -409,6 +492,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 200
 
         text = eng.reply(prompt) if eng.reply else echo_reply(prompt, eng.words_per_line)
+        if eng.out_tokens is not None:
+            text = exactly(text, eng.out_tokens)
         finish_reason = "stop"
         if kind == "empty":
             text = str(fault.get("content", ""))
@@ -423,6 +508,8 @@ class _Handler(BaseHTTPRequestHandler):
             text, finish_reason = _first_tokens(text, max_tokens), "length"
         completion_tokens = count_tokens(text)
         record["finish_reason"] = finish_reason
+        if eng.token_delay:
+            eng._wait(eng.token_delay * completion_tokens)     # generating costs per token
         self._send(200, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": model,
@@ -452,8 +539,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per chat call")
-    parser.add_argument("--max-in-flight", type=int, default=None)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per completion token")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="chat calls served at once")
     parser.add_argument("--words-per-line", type=int, default=5)
+    parser.add_argument("--out-tokens", type=int, default=None,
+                        help="answer exactly this many tokens (default: echo the turns)")
+    parser.add_argument("--tokenize", choices=TOKENIZE_APIS, default="vllm",
+                        help="the tokenize API served (none: no /tokenize route)")
     parser.add_argument("--max-model-len", type=int, default=32768)
     parser.add_argument("--model", action="append", default=None,
                         help="accepted model name (repeatable); default: any")
@@ -462,7 +554,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     eng = FakeEngine(args.host, args.port, delay=args.delay, max_in_flight=args.max_in_flight,
                      words_per_line=args.words_per_line, max_model_len=args.max_model_len,
-                     models=tuple(args.model) if args.model else None)
+                     models=tuple(args.model) if args.model else None, token_delay=args.token_delay,
+                     out_tokens=args.out_tokens, tokenize=args.tokenize)
     for spec in args.fault:
         fault = parse_fault(spec)
         eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)

@@ -5,7 +5,8 @@
   `python3 -m app worker` processes that run the jobs (Celery on Redis, the store on PostgreSQL).
 
 `Gateway` starts, stops and kills the whole deployment: tests say what they check once and
-run against both (the `deployment` fixture in tests/conftest.py).
+run against both (the `deployment` fixture in tests/conftest.py). scripts/bench.py and
+scripts/scale_bench.py start their processes with this module too.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from app.client import GatewayClient, PollTimeout, poll
 from app.jobs.store import JobStore
 
 
@@ -43,6 +45,23 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: st
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group `proc` leads, then SIGKILL it if it lingers past `grace` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:        # what is left of the group (the leader may have exited before its children)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 class FakeEngineProcess:
     """`python3 -m tests.fake_engine` in a subprocess."""
 
@@ -57,13 +76,26 @@ class FakeEngineProcess:
         self.port = int(self.root.rsplit(":", 1)[1])
 
     def control(self, **body):
-        """POST /_control (faults, delay, reset)."""
+        """POST /_control (faults, reset, and settings: delay, token_delay, max_in_flight, out_tokens ...)."""
         return requests.post(f"{self.root}/_control", json=body, timeout=5).json()
 
-    def chat_requests(self) -> list[dict]:
+    def state(self, prompts: bool = True) -> dict:
+        """GET /_control: the recorded requests (without their prompts unless asked), faults pending,
+        calls in flight and waiting for a slot, and the most ever in flight since the last reset."""
+        return requests.get(f"{self.root}/_control", params=None if prompts else {"prompts": "0"},
+                            timeout=30).json()
+
+    def chat_requests(self, prompts: bool = True) -> list[dict]:
         """The chat requests the fake has received."""
-        records = requests.get(f"{self.root}/_control", timeout=5).json()["requests"]
-        return [r for r in records if r.get("path", "").endswith("/chat/completions")]
+        return [r for r in self.state(prompts)["requests"] if r.get("path", "").endswith("/chat/completions")]
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Until no chat call is in flight or waiting (cancelled jobs may leave some running)."""
+        def idle() -> bool:
+            state = self.state(prompts=False)
+            return state["in_flight"] == 0 and state["waiting"] == 0
+
+        wait_until(idle, timeout, interval=0.2, what="the fake engine to be idle")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -79,6 +111,7 @@ class Deployment:
     name: str = "embedded"
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 2
+    jobs_per_worker: int = 2         # each worker's --max_concurrent_jobs
 
     @property
     def scaled(self) -> bool:
@@ -177,16 +210,22 @@ class Gateway:
             # Started at once with the web node: their metric files only appear at their first engine
             # call, long after the supervisor has emptied PROMETHEUS_MULTIPROC_DIR at its start.
             self.workers = [WorkerProcess(self.tmp_path, f"{self.port}-{i}", self.api_base, self.services_dir,
-                                          self.env) for i in range(self.deployment.workers)]
+                                          self.env, self.deployment.jobs_per_worker)
+                            for i in range(self.deployment.workers)]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         # Workers beat as the runner, so `runner.alive` means some process will run the jobs.
         wait_until(lambda: requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200, timeout,
                    what="the gateway's /healthcheck")
-        key = self.env.get("API_KEYS", "").split(",")[0].strip()       # /health needs a key when keys are on
+        key = self.api_key       # /health needs a key when keys are on
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         wait_until(lambda: requests.get(f"{self.url}/health", headers=headers, timeout=5).json()["runner"]["alive"],
                    timeout, what="the runner's heartbeat")
+
+    @property
+    def api_key(self) -> str | None:
+        """The first of the gateway's keys (API_KEYS), or None when keys are off."""
+        return self.env.get("API_KEYS", "").split(",")[0].strip() or None
 
     @property
     def processes(self) -> list[subprocess.Popen]:
@@ -211,9 +250,18 @@ class Gateway:
         return {**response.json(), "_http": response.status_code}
 
     def wait_finished(self, job_id: str, timeout: float = 60.0) -> dict:
-        """Poll until the job is complete or failed; return its result."""
-        return wait_until(lambda: (r := self.result(job_id))["status"] in ("complete", "error") and r, timeout,
-                          what=f"job {job_id} to finish")
+        """Poll (app.client's poll) until the job is complete or failed; return its result, with the
+        HTTP status under "_http" as result() does."""
+        client = GatewayClient(self.url, self.api_key, timeout=10)     # one per wait: tests wait in threads
+        try:
+            body = poll(client, job_id, interval=0.1, timeout=timeout)
+        except PollTimeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for job {job_id} to finish") from None
+        return {**body, "_http": client.last_status}
+
+    def cancel(self, job_id: str) -> dict:
+        """DELETE /results/<id>: cancel a queued or running job, or delete a finished one."""
+        return requests.delete(f"{self.url}/results/{job_id}", timeout=30).json()
 
     def logs(self) -> str:
         """Every process's output: the web node's (supervisor, Gunicorn, runner), then each worker's."""
@@ -259,6 +307,19 @@ class Gateway:
         self.log.close()
         for worker in self.workers:
             worker.log.close()
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process of a process group we started (from /proc)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pids.append(int(entry.name))
+            except OSError:       # gone meanwhile (ProcessLookupError is an OSError)
+                pass
+    return pids
 
 
 def _group_alive(pgid: int) -> bool:

@@ -449,7 +449,6 @@ def test_with_a_broker_jobs_are_stored_with_their_manifest_then_enqueued(client,
     assert job.status == "queued" and job.manifest["name"] == "one"
     # Only what the job uses: its flavor's entry, not the other flavors nor the descriptions.
     assert job.manifest == {"name": "one", "fields": 1, "flavor": [flavor()]}
-    assert job.template == (services_dir / "one.txt").read_text()
     assert "manifest" not in client.get(f"/results/{job_id}").get_json()   # nothing new in the API
 
 

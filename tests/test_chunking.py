@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from app.pipeline.chunking import _sentences  # noqa: the splitter's boundaries, tested directly
+from app.pipeline import splitting  # the splitter's sentence boundaries, tested directly
 from app.pipeline.chunking import (Batch, BudgetError, default_context_reserve, fill_template,
-                          plan_batches, prompt_room, render_turn, split_long_turns, split_text)
+                                   plan_batches, prompt_room, render_turn, split_long_turns, split_text)
 from app.services.manifests import Flavor
 from app.pipeline.tokenizers import Tokenizer, default_tokenizer
 from app.pipeline.transcript import Turn, parse_transcript
@@ -104,7 +104,7 @@ def test_long_speech_is_packed_greedily_into_full_pieces():
     assert len(pieces) <= 1.3 * TOK.count(speech) / 178
     assert statistics.median(counts) >= 140
     # Cuts fall between sentences, except inside the one sentence longer than the limit.
-    assert max(TOK.count(s.strip()) for s in _sentences(speech)) > 178
+    assert max(TOK.count(s.strip()) for s in splitting.sentences(speech)) > 178
     assert sum(not p.endswith((". ", "! ", "? ", "» ")) for p in pieces[:-1]) == 1
 
 
@@ -119,7 +119,7 @@ def test_french_punctuation_does_not_end_sentences():
         "(Applaudissements sur les bancs du groupe SRC.) ",
         "B. Dogan répond.",
     ]
-    assert _sentences("".join(sentences)) == sentences
+    assert splitting.sentences("".join(sentences)) == sentences
 
 
 def test_one_long_sentence_is_cut_between_words_and_a_long_word_by_characters():

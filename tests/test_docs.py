@@ -41,16 +41,26 @@ def test_readme_has_the_install_and_test_commands_ci_runs():
     assert "python3 -m pytest" in ci
 
 
-def test_python_m_tests_runs_the_same_suite():
-    """The seed's test command: `python3 -m tests` collects exactly what `python3 -m pytest` does."""
+def test_python_m_tests_runs_the_same_suite(monkeypatch):
+    """The seed's test command: `python3 -m tests` runs pytest on what `python3 -m pytest` collects.
+
+    Checked without collecting the suite: tests/__main__.py must hand pytest.main the folder that
+    pytest.ini's testpaths names (what a bare `python3 -m pytest` collects) and the command's own
+    arguments, and exit with pytest's code; then one real `python3 -m tests` must reach pytest."""
+    import configparser
+    import runpy
     import subprocess
     import sys
 
-    def collected(*command):
-        out = subprocess.run([sys.executable, "-m", *command, "--collect-only", "-q", "-p", "no:cacheprovider"],
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        return sorted(line for line in out.stdout.splitlines() if "::" in line)
+    import pytest
 
-    via_tests = collected("tests")
-    assert via_tests and via_tests == collected("pytest")
+    ini = configparser.ConfigParser()
+    ini.read("pytest.ini", encoding="utf-8")
+    handed = []
+    monkeypatch.setattr(pytest, "main", lambda args: handed.append(args) or 3)
+    monkeypatch.setattr(sys, "argv", ["tests", "-x", "-k", "docs"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("tests", run_name="__main__")      # what `python3 -m tests -x -k docs` runs
+    assert handed == [[*ini["pytest"]["testpaths"].split(), "-x", "-k", "docs"]] and exited.value.code == 3
+    done = subprocess.run([sys.executable, "-m", "tests", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"pytest {pytest.__version__}" in done.stdout + done.stderr, done

@@ -8,7 +8,8 @@ import pytest
 
 from sqlalchemy import func, select
 
-from app.jobs.store import JobStatus, JobStore
+from app.jobs.model import FINISHED_STATUSES, JobStatus
+from app.jobs.store import JobStore
 
 
 @pytest.fixture
@@ -22,7 +23,8 @@ def store(store_backend):
 def test_life_cycle_and_wal(store):
     job_id = store.create_job(service="cra", flavor="mixtral", input_text="A : b", params={"temperature": 0.2})
     job = store.get(job_id)
-    assert job.status == JobStatus.QUEUED and job.params == {"temperature": 0.2} and job.progress == 0
+    assert job.status is JobStatus.QUEUED and job.params == {"temperature": 0.2} and job.progress == 0
+    assert store.get_state(job_id)[0] is JobStatus.QUEUED and not job.status.finished
     claimed = store.claim_next()
     assert claimed.id == job_id and claimed.status == "processing" and claimed.attempts == 1
     assert store.claim_next() is None
@@ -33,7 +35,8 @@ def test_life_cycle_and_wal(store):
     store.complete(job_id, "summary", {"calls": 2})
     job = store.get(job_id)
     assert (job.status, job.progress, job.result, job.usage) == ("complete", 100, "summary", {"calls": 2})
-    assert job.finished_at is not None
+    assert job.finished_at is not None and job.status.finished
+    assert FINISHED_STATUSES == {s for s in JobStatus if s.finished} == {"complete", "failed", "cancelled"}
     if store.is_sqlite:
         mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
@@ -110,10 +113,10 @@ def test_heartbeat(store):
 
 
 def test_claim_by_id_takes_a_queued_job_once(store):
-    job_id = store.create_job(service="s", flavor="f", input_text="x", manifest={"name": "s"}, template="T {}")
+    job_id = store.create_job(service="s", flavor="f", input_text="x", manifest={"name": "s"})
     job = store.claim(job_id, lease_s=30)
     assert job.status == "processing" and job.attempts == 1 and job.owner
-    assert (job.manifest, job.template) == ({"name": "s"}, "T {}")
+    assert job.manifest == {"name": "s"}
     assert store.claim(job_id, lease_s=30) is None          # held, lease alive
     assert store.claim("no-such-job", lease_s=30) is None
 
@@ -356,5 +359,9 @@ def test_a_database_of_the_previous_version_migrates_and_its_jobs_keep_their_inp
     assert store.get("old-1").checkpoint == {"done": 3, "lines": ["x", "y", "z"]}
     new = store.create_job(service="s", flavor="f", input_text="B : c")
     assert store.get(new).input_text == "B : c"
+    # Its `template` column (written by earlier versions, never read) stays, and is left empty.
+    with store.transaction() as conn:
+        assert conn.execute(text("SELECT template FROM jobs WHERE id = :id"), {"id": new}).scalar() is None
+    assert "template" not in store.jobs.c                    # a new database has no such column
     assert store.delete("old-1") and store.get("old-1") is None
     store.close()

@@ -8,13 +8,11 @@ import time
 
 import pytest
 
-from app.jobs.store import JobStore
 from app.logs import configure_logging, job_context
 from app.services.registry import ServiceRegistry
-from app.jobs.runner import Runner
 from app.settings import Settings
 from app.web import create_app
-from tests.manifest_factory import flavor, manifest, write_service
+from tests.manifest_factory import flavor, manifest
 from tests.processes import FakeEngineProcess, Gateway
 
 FR_SMALL = "tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt"
@@ -72,18 +70,11 @@ def test_log_format_must_be_text_or_json():
         Settings(log_format="xml")
 
 
-def test_every_line_of_a_parallel_job_carries_its_id(captured, tmp_path, fake_engine):
+def test_every_line_of_a_parallel_job_carries_its_id(captured, fake_engine, make_runner):
     """fields: 1 runs batches in worker threads: their lines (here a retry warning) carry the job id too."""
-    folder = tmp_path / "services"
-    folder.mkdir()
-    write_service(str(folder), "par", manifest(name="par", fields=1, flavors=[flavor("f", maxNewTurns=3)]))
-    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), api_base=fake_engine.base_url,
-                        engine_retries=2, engine_retry_delay=0.01)
-    store = JobStore(settings.db_path)
-    store.init_schema()
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    runner = Runner(settings, store, registry)
+    runner = make_runner({"par": manifest(name="par", fields=1, flavors=[flavor("f", maxNewTurns=3)])},
+                         api_base=fake_engine.base_url, engine_retries=2, engine_retry_delay=0.01)
+    store = runner.store
     buffer = captured(log_format="json")      # from here on, every line is about the job
     job_id = store.create_job(service="par", flavor="f", input_text=open(FR_SMALL, encoding="utf-8").read())
     fake_engine.add_fault("503")

@@ -6,10 +6,6 @@ import time
 import pytest
 
 from app.pipeline import summarize as summarize_module
-from app.jobs.store import JobStore
-from app.services.registry import ServiceRegistry
-from app.jobs.runner import Runner
-from app.settings import Settings
 from app.pipeline.summarize import summarize
 from app.pipeline.tokenizers import Tokenizer, default_tokenizer
 from tests.manifest_factory import flavor, manifest, write_service
@@ -19,21 +15,12 @@ FR_MEDIUM = open("tests/data/fr/fr_medium_an_qag_2013-02-12.txt", encoding="utf-
 
 
 @pytest.fixture
-def setup(tmp_path, fake_engine, store_backend):
+def setup(fake_engine, store_backend, make_runner):
     """A runner on each job store: SQLite, then PostgreSQL (skipped, saying why, without RESULT_DB_URL_TEST)."""
-    folder = tmp_path / "services"
-    folder.mkdir()
-    write_service(str(folder), "roll", manifest(name="roll", flavors=[flavor("f", maxNewTurns=3)]))
-    write_service(str(folder), "par", manifest(name="par", fields=1, flavors=[flavor("f", maxNewTurns=3)]))
-    settings = Settings(**store_backend.settings_kwargs(), services_dir=str(folder), api_base=fake_engine.base_url,
-                        max_concurrent_jobs=2, engine_retries=0)
-    store = JobStore(settings.result_db_url or settings.db_path)
-    store.init_schema()
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    runner = Runner(settings, store, registry)
-    yield runner, store, registry, folder
-    runner.shutdown(timeout=5)
+    runner = make_runner({"roll": manifest(name="roll", flavors=[flavor("f", maxNewTurns=3)]),
+                          "par": manifest(name="par", fields=1, flavors=[flavor("f", maxNewTurns=3)])},
+                         backend=store_backend, api_base=fake_engine.base_url, max_concurrent_jobs=2, engine_retries=0)
+    return runner, runner.store, runner.registry, make_runner.folder
 
 
 def drain(runner, store, ids, timeout=30):
@@ -103,6 +90,22 @@ def test_a_broken_template_leaves_the_last_valid_version_serving(setup, fake_eng
         assert "the last valid version was used" in job.warnings[0]
 
 
+def test_a_reduce_template_is_read_at_each_job_start_and_a_broken_one_is_replaced(setup, fake_engine):
+    """The reduce template is resolved with the job like the main one: read at its start, the last
+    valid version serving (and the job saying so) when the file is broken."""
+    runner, store, registry, folder = setup
+    (folder / "reduce.txt").write_text("Condense, v1:\n{}\n")
+    write_service(str(folder), "red", manifest(name="red", fields=1, flavors=[
+        flavor("f", maxNewTurns=3, reduceSummary=True, reduce_prompt="reduce.txt")]))
+    registry.reload()
+    for text, expected in (("Condense, v2:\n{}\n", "Condense, v2:"), ("broken {} {}", "Condense, v1:")):
+        (folder / "reduce.txt").write_text(text)
+        job = drain(runner, store, [store.create_job(service="red", flavor="f", input_text="A : bonjour")])[0]
+        assert job.status == "complete", job.error
+        assert fake_engine.chat_requests()[-1]["prompt"].startswith(expected)
+    assert len(job.warnings) == 1 and "the last valid version was used" in job.warnings[0]
+
+
 def test_runs_up_to_max_concurrent_jobs(setup, fake_engine):
     runner, store, _, _ = setup
     fake_engine.delay = 0.3
@@ -128,7 +131,7 @@ def test_cancel_stops_a_running_job_before_its_next_batch(setup, fake_engine):
     assert len(fake_engine.chat_requests()) < 10
 
 
-def test_shutdown_requeues_the_running_job_with_its_checkpoint(setup, fake_engine):
+def test_shutdown_requeues_the_running_job_with_its_checkpoint(setup, fake_engine, make_runner):
     runner, store, _, _ = setup
     fake_engine.delay = 0.2
     text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))
@@ -141,7 +144,7 @@ def test_shutdown_requeues_the_running_job_with_its_checkpoint(setup, fake_engin
     job = store.get(job_id)
     assert job.status == "queued" and job.checkpoint and "resume" in job.message
     calls_before = len(fake_engine.chat_requests())
-    fresh = Runner(runner.settings, store, runner.registry)
+    fresh = make_runner.another(runner)
     done = drain(fresh, store, [job_id])[0]
     fresh.shutdown()
     assert done.status == "complete"
@@ -168,36 +171,32 @@ def test_purge_of_old_finished_jobs(setup):
     assert store.get(old) is None and store.get(recent) is not None
 
 
-def test_result_ttl_days_0_keeps_finished_jobs_forever(setup):
-    runner, store, registry, _ = setup
+def test_result_ttl_days_0_keeps_finished_jobs_forever(setup, make_runner):
+    runner, store, _, _ = setup
     old = finished_long_ago(store)
-    keeper = Runner(dataclasses.replace(runner.settings, result_ttl_days=0), store, registry)
-    try:
-        keeper.tick()
-    finally:
-        keeper.shutdown(timeout=5)
+    make_runner.another(runner, result_ttl_days=0).tick()
     assert store.get(old).status == "complete"
 
 
 
-def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_engine):
+def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_engine, make_runner):
     """Runner A freezes after two batches (no lease renewal); B takes the job over once the lease has run
     out and resumes at A's last checkpoint; when A wakes up its writes are refused and it lets go."""
-    runner, store, registry, _ = setup
+    runner, store, _, _ = setup
     frozen, release = threading.Event(), threading.Event()
 
-    def freezing_summarize(*args, on_checkpoint, **kwargs):
+    def freezing_summarize(*args, hooks, **kwargs):
         def checkpoint(progress, state):
-            on_checkpoint(progress, state)
+            hooks.on_checkpoint(progress, state)
             if progress >= 20 and not frozen.is_set():     # two batches of ten done: the process freezes
                 frozen.set()
                 release.wait(30)
-        return summarize(*args, on_checkpoint=checkpoint, **kwargs)
+        return summarize(*args, hooks=dataclasses.replace(hooks, on_checkpoint=checkpoint), **kwargs)
 
     text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))  # 10 batches of 3
     job_id = store.create_job(service="roll", flavor="f", input_text=text)
-    frozen_runner = Runner(runner.settings, store, registry, summarize_fn=freezing_summarize)
-    taker = Runner(dataclasses.replace(runner.settings, max_concurrent_jobs=1), store, registry)
+    frozen_runner = make_runner.another(runner, summarize_fn=freezing_summarize)
+    taker = make_runner.another(runner, max_concurrent_jobs=1)
     try:
         assert frozen_runner.tick() == 1
         assert frozen.wait(20)
@@ -259,22 +258,22 @@ class HeldTokenizer(Tokenizer):
         return self.inner.chat_overhead()
 
 
-def planning_runner(runner, store, registry, tokenizer, ended: threading.Event) -> Runner:
-    """A runner whose jobs count with `tokenizer`; `ended` is set when a job's summarize returns."""
+def planning_runner(make_runner, runner, tokenizer, ended: threading.Event):
+    """A runner beside `runner` whose jobs count with `tokenizer`; `ended` is set when a job's summarize returns."""
     def summarize_with(*args, **kwargs):
         try:
             return summarize(*args, **{**kwargs, "tokenizer": tokenizer})
         finally:
             ended.set()
-    return Runner(runner.settings, store, registry, summarize_fn=summarize_with)
+    return make_runner.another(runner, summarize_fn=summarize_with)
 
 
-def cancelled_while_planning(setup):
+def cancelled_while_planning(setup, make_runner):
     """A job of one HUGE_LINE claimed by a planning_runner, cancelled while it is planning (held
     there by the tokenizer until `tokenizer.go`): (planner, tokenizer, ended, job id)."""
-    runner, store, registry, _ = setup
+    runner, store, _, _ = setup
     tokenizer, ended = HeldTokenizer(), threading.Event()
-    planner = planning_runner(runner, store, registry, tokenizer, ended)
+    planner = planning_runner(make_runner, runner, tokenizer, ended)
     job_id = store.create_job(service="roll", flavor="f", input_text=f"Orateur : {HUGE_LINE}")
     assert planner.tick() == 1
     assert tokenizer.planning.wait(30)
@@ -282,12 +281,12 @@ def cancelled_while_planning(setup):
     return planner, tokenizer, ended, job_id
 
 
-def test_cancel_is_honoured_while_planning(setup, fake_engine, monkeypatch):
+def test_cancel_is_honoured_while_planning(setup, make_runner, fake_engine, monkeypatch):
     """Issue 15: DELETE said "cancelling" but a huge input was planned to its end first. Planning
     now asks should_stop between pieces: the job stops within a piece of the cancel."""
     store = setup[1]
     monkeypatch.setattr(summarize_module, "_PLAN_CHECK_SECONDS", 0)   # ask at every piece: no timing here
-    planner, tokenizer, ended, job_id = cancelled_while_planning(setup)
+    planner, tokenizer, ended, job_id = cancelled_while_planning(setup, make_runner)
     try:
         at_cancel = tokenizer.chars
         started = time.monotonic()
@@ -307,12 +306,12 @@ def test_cancel_is_honoured_while_planning(setup, fake_engine, monkeypatch):
     assert after < len(HUGE_LINE)
 
 
-def test_a_job_cancelled_while_planning_ends_cancelled_at_shutdown_not_queued(setup, fake_engine):
+def test_a_job_cancelled_while_planning_ends_cancelled_at_shutdown_not_queued(setup, make_runner, fake_engine):
     """Issue 15: after SIGTERM a job cancelled while planning came back `queued` (and, asked to
     cancel, was never claimed again). A job still running when the shutdown gives up on it ends
     cancelled if that was asked, and planning itself stops at the shutdown."""
     store = setup[1]
-    planner, tokenizer, ended, job_id = cancelled_while_planning(setup)
+    planner, tokenizer, ended, job_id = cancelled_while_planning(setup, make_runner)
     try:
         # Planning is held past the shutdown's patience, as a huge input would be.
         threading.Timer(1.0, tokenizer.go.set).start()

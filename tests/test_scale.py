@@ -11,6 +11,7 @@
 
 Figures are printed (run with -s).
 """
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from app.jobs.broker import TASK_NAME, celery_config, make_celery
 from app.services.registry import ServiceRegistry
 from app.settings import Settings
 from app.pipeline.summarize import summarize
-from app.jobs.worker import BUSY, FINISHED, RAN, REQUEUED, STOPPING, UNKNOWN, Worker
+from app.jobs.worker import Delivery, Worker
 from tests.manifest_factory import flavor, manifest, write_service
 from tests.processes import FakeEngineProcess, Gateway, WorkerProcess, wait_until
 from tests.store_backends import deployment_for
@@ -57,19 +58,19 @@ def worker_on(tmp_path, fake_engine, store_backend):
     registry.reload()
     worker = Worker(settings, store, registry)
     yield worker, store
-    worker.runner.shutdown(timeout=5)
+    worker.stopping.set()
     store.close()
 
 
 def test_a_delivered_job_runs_once_and_duplicates_do_nothing(worker_on, fake_engine):
     worker, store = worker_on
     job_id = store.create_job(service="svc", flavor="f", input_text=TEXT)
-    assert worker.handle(job_id) == RAN
+    assert worker.handle(job_id) == Delivery.RAN
     job = store.get(job_id)
     assert job.status == "complete" and len(job.result.splitlines()) == 24
     calls = len(fake_engine.chat_requests())
-    assert worker.handle(job_id) == FINISHED          # the broker delivered it again: nothing is sent
-    assert worker.handle("no-such-job") == UNKNOWN
+    assert worker.handle(job_id) == Delivery.FINISHED          # the broker delivered it again: nothing is sent
+    assert worker.handle("no-such-job") == Delivery.UNKNOWN
     assert len(fake_engine.chat_requests()) == calls
     worker.tick()
     beat = store.last_beat("runner")                   # /health sees the workers as the runner
@@ -106,7 +107,7 @@ def test_jobs_whose_message_was_lost_are_published_again_once(worker_on):
     assert published == [lost, orphan, late]
     assert store.get(orphan).status == "queued" and store.get(live).status == "processing"
     assert fresh not in published
-    assert worker.handle(orphan) == RAN                # the new message runs it
+    assert worker.handle(orphan) == Delivery.RAN                # the new message runs it
     print(f"lost messages: published again {published.count(lost)}x and {published.count(orphan)}x, "
           f"live job left alone")
 
@@ -116,13 +117,13 @@ def test_a_job_held_by_a_live_worker_is_left_alone_then_taken_over_from_its_chec
     job_id = store.create_job(service="svc", flavor="f", input_text=TEXT)          # 6 batches of 4 turns
     # A first worker runs three batches, then is stopped: the job goes back to the queue with its checkpoint.
     first = Worker(worker.settings, store, worker.registry, summarize_fn=_stop_after(3, summarize))
-    assert first.handle(job_id) == REQUEUED
+    assert first.handle(job_id) == Delivery.REQUEUED
     assert len(fake_engine.chat_requests()) == 3
     # A second worker claims it and is killed at once: the job is processing, its lease alive.
     dead = store.claim(job_id, lease_s=30, owner="elsewhere:1:dead")
-    assert worker.handle(job_id) == BUSY
+    assert worker.handle(job_id) == Delivery.BUSY
     # Once the lease has run out (31 s later) the job is taken over and resumes after the third batch.
-    assert worker.handle(job_id, now=time.time() + 31) == RAN
+    assert worker.handle(job_id, now=time.time() + 31) == Delivery.RAN
     job = store.get(job_id)
     assert job.status == "complete" and job.attempts == 3
     assert [l.split(" : ", 1)[1] for l in job.result.splitlines()] == [f"intervention numéro {i}" for i in range(24)]
@@ -132,14 +133,14 @@ def test_a_job_held_by_a_live_worker_is_left_alone_then_taken_over_from_its_chec
 
 def _stop_after(batches, summarize_fn):
     """A summarize that asks to stop after `batches` checkpoints (a worker stopped mid-job)."""
-    def run(*args, on_checkpoint, should_stop, **kwargs):
+    def run(*args, hooks, **kwargs):
         done = []
 
         def checkpoint(progress, state):
-            on_checkpoint(progress, state)
+            hooks.on_checkpoint(progress, state)
             done.append(progress)
-        return summarize_fn(*args, on_checkpoint=checkpoint, should_stop=lambda: len(done) >= batches or should_stop(),
-                            **kwargs)
+        stop = lambda: len(done) >= batches or hooks.should_stop()   # noqa: E731
+        return summarize_fn(*args, hooks=dataclasses.replace(hooks, on_checkpoint=checkpoint, should_stop=stop), **kwargs)
     return run
 
 
@@ -147,7 +148,7 @@ def test_a_stopping_worker_takes_no_job(worker_on):
     worker, store = worker_on
     job_id = store.create_job(service="svc", flavor="f", input_text=TEXT)
     worker.stopping.set()
-    assert worker.handle(job_id) == STOPPING
+    assert worker.handle(job_id) == Delivery.STOPPING
     assert store.get(job_id).status == "queued"
 
 

@@ -7,7 +7,7 @@ import pytest
 from app.pipeline import chunking
 from app.pipeline.engine import PermanentEngineError, RetryPolicy, TransientEngineError, get_engine
 from app.services.manifests import Flavor
-from app.pipeline.summarize import JobInterrupted, clean_output, consolidate, summarize
+from app.pipeline.summarize import Hooks, JobInterrupted, SummaryRequest, clean_output, consolidate, summarize
 from app.pipeline.tokenizers import RemoteTokenizer, Tokenizer
 from app.pipeline.transcript import Turn
 from tests.fake_engine import FakeEngine, echo_reply, last_section_turns
@@ -52,14 +52,17 @@ def make_flavor(**overrides) -> Flavor:
     return Flavor(**values)
 
 
-def run(engine: FakeEngine, turns, *, fields=2, flavor=None, **kwargs):
-    """summarize() with the test defaults: a fresh client, word tokens, no backoff sleep."""
-    options = dict(template=TEMPLATE_2 if fields == 2 else TEMPLATE_1, fields=fields,
-                   flavor=flavor or make_flavor(), tokenizer=WordTokenizer(),
-                   engine=get_engine(engine.base_url, "sk-secret-123", 30.0, 8),  # generous: CI machines are loaded
-                   temperature=0.3, top_p=0.9, sleep=lambda seconds: None)
-    options.update(kwargs)
-    return summarize(turns, **options)
+def run(fake: FakeEngine, turns, *, fields=2, flavor=None, tokenizer=None, checkpoint=None,
+        on_checkpoint=None, on_message=None, should_stop=None, **options):
+    """summarize() with the test defaults: a fresh client, word tokens, no backoff sleep; the
+    other keywords are the request's (template, concurrency, retry_policy, job_retries, ...)."""
+    request = SummaryRequest(**{"template": TEMPLATE_2 if fields == 2 else TEMPLATE_1, "fields": fields,
+                                "flavor": flavor or make_flavor(), "temperature": 0.3, "top_p": 0.9, **options})
+    given = {"on_checkpoint": on_checkpoint, "on_message": on_message, "should_stop": should_stop}
+    hooks = Hooks(**{name: hook for name, hook in given.items() if hook is not None}, sleep=lambda seconds: None)
+    engine = get_engine(fake.base_url, "sk-secret-123", 30.0, 8)   # generous: CI machines are loaded
+    return summarize(turns, request, engine=engine, tokenizer=tokenizer or WordTokenizer(), hooks=hooks,
+                     checkpoint=checkpoint)
 
 
 def ok_requests(engine: FakeEngine) -> list[dict]:
@@ -503,6 +506,15 @@ def test_nothing_to_summarize_makes_no_call(fake_engine):
     result = run(fake_engine, [])
     assert result.text == "" and result.usage["calls"] == 0
     assert fake_engine.chat_requests() == []
+
+
+def test_a_request_alone_runs_with_hooks_that_do_nothing(fake_engine):
+    """The hooks are optional: no checkpoint kept, no message read, never asked to stop."""
+    request = SummaryRequest(template=TEMPLATE_1, fields=1, flavor=make_flavor(), temperature=0.3, top_p=0.9)
+    turns = [Turn("Alice", "bonjour à tous"), Turn("Bob", "merci")]
+    result = summarize(turns, request, engine=get_engine(fake_engine.base_url, "sk-secret-123", 30.0, 8),
+                       tokenizer=WordTokenizer())
+    assert result.text == "Alice : bonjour à tous\nBob : merci" and result.usage["calls"] == 1
 
 
 

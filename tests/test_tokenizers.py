@@ -1,10 +1,7 @@
 """Tokenizer resolution and counting: offline default, local HF folders, engine endpoints."""
-import json
-import socket
 import logging
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,8 @@ from app.pipeline.engine import TransientEngineError
 from app.services.manifests import Flavor
 from app.pipeline.tokenizers import (CharEstimateTokenizer, HFTokenizer, RemoteTokenizer,
                             SentencePieceTokenizer, Tokenizer, get_tokenizer, server_root)
+from tests.fake_engine import FakeEngine
+from tests.processes import free_port
 
 DATA = Path(__file__).parent / "data"
 FR_MEDIUM = DATA / "fr" / "fr_medium_an_qag_2013-02-12.txt"
@@ -171,96 +170,52 @@ def test_missing_local_tokenizer_falls_through(tmp_path):
 
 # --- the engine's own /tokenize ---------------------------------------------------------------
 
-class EngineStub(BaseHTTPRequestHandler):
-    """vLLM's or llama.cpp's /tokenize, counting with the Mistral sentencepiece model."""
-
-    kind = "vllm"
-    requests: list = []
-    protocol_version = "HTTP/1.1"  # keep-alive, as real engines do
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, body, self.headers.get("Authorization")))
-        if self.kind == "vllm" and self.path == "/tokenize":
-            if "messages" in body:
-                content = body["messages"][0]["content"]
-                ids = SP.encode(f"[INST] {content} [/INST]", add_bos=True)
-            else:
-                ids = SP.encode(body["prompt"], add_bos=body.get("add_special_tokens", True))
-            return self.reply({"count": len(ids), "tokens": ids, "max_model_len": 32768})
-        if self.kind == "llamacpp" and self.path == "/tokenize":
-            # Like llama.cpp: no "content" is not an error, just no tokens.
-            ids = SP.encode(body.get("content", ""), add_bos=body.get("add_special", False))
-            return self.reply({"tokens": ids})
-        if self.kind == "llamacpp" and self.path == "/apply-template":
-            content = body["messages"][0]["content"]
-            return self.reply({"prompt": f"[INST] {content} [/INST]"})
-        self.send_response(404)
-        self.end_headers()
-
-    def reply(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+def mistral_engine(kind: str, port: int = 0) -> FakeEngine:
+    """The fake engine speaking vLLM's or llama.cpp's tokenize API (llama.cpp's with /apply-template),
+    counting with the Mistral sentencepiece model and its [INST] chat template."""
+    return FakeEngine(port=port, tokenize=kind, encode=lambda text, special: SP.encode(text, add_bos=special),
+                      chat_template=lambda messages: f"[INST] {messages[0]['content']} [/INST]")
 
 
 @pytest.fixture(params=["vllm", "llamacpp"])
 def engine(request):
-    handler = type(f"{request.param}Stub", (EngineStub,), {"kind": request.param, "requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield request.param, f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    with mistral_engine(request.param) as eng:
+        yield request.param, eng.url, eng
 
 
 def test_engine_tokenize_endpoint(engine, caplog):
     caplog.set_level(logging.INFO, logger="app.pipeline.tokenizers")
-    kind, root, handler = engine
+    kind, root, eng = engine
     tok = get_tokenizer(flavor(), api_base=root + "/v1", api_key="sk-secret-xyz")
     assert isinstance(tok, RemoteTokenizer) and tok.name == f"{kind}:{root}/tokenize"
     assert tok.count(SENTENCE) == len(SP.encode(SENTENCE)) == 24
     assert tok.chat_overhead() == 8
-    assert all(auth == "Bearer sk-secret-xyz" for _, _, auth in handler.requests)
+    assert all(r["authorization"] == "Bearer sk-secret-xyz" for r in eng.requests)
     assert "sk-secret-xyz" not in caplog.text and f"{kind}:{root}/tokenize" in caplog.text
     if kind == "vllm":
-        assert handler.requests[-1][1]["model"] == NOT_CACHED
+        assert eng.requests[-1]["model"] == NOT_CACHED
 
 
 def test_engine_counts_are_cached_and_batched(engine):
-    kind, root, handler = engine
+    kind, root, eng = engine
     tok = get_tokenizer(flavor(), api_base=root)
     lines = FR_MEDIUM.read_text(encoding="utf-8").splitlines()[:30]
-    handler.requests.clear()
+    eng.reset()
     texts = lines * 20 + [""]
     counts = tok.count_many(texts)
     assert counts == [len(SP.encode(t)) for t in texts]
-    assert len(handler.requests) == len(set(lines))  # one request per distinct text
-    assert tok.count_many(lines) == counts[:30] and len(handler.requests) == len(set(lines))
+    assert len(eng.requests) == len(set(lines))  # one request per distinct text
+    assert tok.count_many(lines) == counts[:30] and len(eng.requests) == len(set(lines))
 
 
 def test_an_engine_that_stops_answering_its_tokenize_raises_a_transient_error(engine):
     """A job retries it like a failed completion (tests/test_summarize.py), instead of failing."""
-    kind, root, handler = engine
+    kind, root, eng = engine
     tok = get_tokenizer(flavor(), api_base=root)
     assert tok.count("bonjour") > 0                     # the engine answers
-    dead = RemoteTokenizer(f"http://127.0.0.1:{_closed_port()}", kind, NOT_CACHED, timeout=2)
+    dead = RemoteTokenizer(f"http://127.0.0.1:{free_port()}", kind, NOT_CACHED, timeout=2)   # nothing listens there
     with pytest.raises(TransientEngineError, match="/tokenize did not answer"):
         dead.count("une phrase jamais comptée")
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]      # closed again when this returns: nothing listens there
 
 
 def test_server_root():
@@ -271,16 +226,12 @@ def test_server_root():
 
 def test_fallback_while_the_engine_is_down_is_resolved_again_later(monkeypatch):
     """An engine still starting must not pin the default tokenizer for the life of the process."""
-    handler = type("lateStub", (EngineStub,), {"kind": "vllm", "requests": []})
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     root = f"http://127.0.0.1:{port}"
     first = get_tokenizer(flavor(), api_base=root + "/v1")
     assert "tokenizer.model.v1" in first.name  # nothing listens yet
     assert get_tokenizer(flavor(), api_base=root + "/v1") is first  # cached within the retry delay
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    late = mistral_engine("vllm", port).start()
     try:
         monkeypatch.setattr(tokenizers, "FALLBACK_RETRY_S", 0.0)
         tokenizers._fallback_until.update({k: 0.0 for k in tokenizers._fallback_until})
@@ -288,5 +239,4 @@ def test_fallback_while_the_engine_is_down_is_resolved_again_later(monkeypatch):
         assert isinstance(later, RemoteTokenizer) and later.name == f"vllm:{root}/tokenize"
         assert get_tokenizer(flavor(), api_base=root + "/v1") is later  # a real answer stays cached
     finally:
-        server.shutdown()
-        server.server_close()
+        late.stop()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from app.pipeline.transcript import Turn, TranscriptError, _label_strength, decode_bytes, parse_transcript
+from app.pipeline.speakers import label_strength
+from app.pipeline.transcript import Turn, TranscriptError, decode_bytes, parse_transcript
 
 DATA = Path(__file__).parent / "data"
 FR_MEDIUM = DATA / "fr" / "fr_medium_an_qag_2013-02-12.txt"
@@ -148,7 +149,7 @@ def test_every_shared_transcript_parses_into_sensible_turns(path):
     "SPEAKER_00", "Dr. Smith", "Valéry Giscard d'Estaing", "Jean Dupont (UDI)",
 ])
 def test_real_labels_are_trusted(label):
-    assert _label_strength(label) == 2
+    assert label_strength(label) == 2
 
 
 @pytest.mark.parametrize("prefix", [
@@ -160,7 +161,7 @@ def test_real_labels_are_trusted(label):
     "Cette avancée est « historique » selon lui",
 ])
 def test_speech_before_a_colon_is_not_a_label(prefix):
-    assert _label_strength(prefix) == 0 or _label_strength(prefix) == 1
+    assert label_strength(prefix) == 0 or label_strength(prefix) == 1
     text = f"M. le président : Bonjour.\n{prefix} : la suite du discours.\n"
     assert parse_transcript(text) == [Turn("M. le président",
                                            f"Bonjour. {prefix} : la suite du discours.")]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import app.eval as package
-from app.client import DEFAULT_URL, EXIT_FAILED, EXIT_OK, GatewayClient, GatewayError
+from app.client import DEFAULT_URL, EXIT_FAILED, EXIT_OK, GatewayClient, run_command
 from app.eval import reports, runs, scores
 
 
@@ -153,12 +153,5 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no NAME.txt in {args.data_dir / 'transcripts'}")
     if args.command == "run" and args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    try:
-        return args.run(args)
-    except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\nstopped; the jobs go on (see: python3 -m app.client list)", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.run(args), "stopped; the jobs go on (see: python3 -m app.client list)")
 

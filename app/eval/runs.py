@@ -10,13 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.client import GatewayClient, GatewayError, poll
+from app.client import GatewayClient, GatewayError, PollTimeout, poll
 
 RUN_KEYS = ("calls", "tokens", "seconds")       # averaged over the jobs, beside the scores
-
-
-class RunTimeout(Exception):
-    """The run's deadline passed while jobs were still going."""
 
 
 def submit_all(client: GatewayClient, transcripts: list[Path], service: str, flavor: str) -> list[dict[str, Any]]:
@@ -47,13 +43,12 @@ def follow_all(client: GatewayClient, rows: list[dict[str, Any]], out: Path, tim
         for row in pending:
             def on_update(data: dict[str, Any], name: str = row["name"]) -> None:
                 bar.set_postfix_str(f"{name[:30]} {data.get('progress', 0)}%")
-                ended = data.get("status") in ("complete", "error")
-                if deadline is not None and time.monotonic() > deadline and not ended:
-                    raise RunTimeout()
 
+            # One deadline for the whole run: a job reached after it is still looked at once.
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                result = poll(client, row["jobId"], on_update)
-            except RunTimeout:
+                result = poll(client, row["jobId"], on_update, timeout=left)
+            except PollTimeout:
                 row.update(state="timeout", error=f"still running after {timeout:g} s")
                 continue
             except GatewayError as exc:

@@ -1,1 +1,1 @@
-"""Jobs: the model and the store, submitting, and the runner and worker that execute them."""
+"""Jobs: the model and the store, submitting, executing one job, and the runner and worker that drive it."""

@@ -5,7 +5,6 @@ import logging
 from typing import Any
 
 from app.jobs.store import JobStore
-from app.services.manifests import current_template
 from app.services.registry import ServiceRegistry
 from app.pipeline.transcript import TranscriptError, decode_bytes, parse_transcript
 
@@ -82,11 +81,10 @@ def submit(store: JobStore, registry: ServiceRegistry, service_name: str, *, con
         params["temperature"] = temperature
     if top_p is not None:
         params["top_p"] = top_p
-    # Recorded with the job: what it was accepted with, whatever happens to the folder later.
-    template, _ = current_template(service)
+    # Recorded with the job: the manifest it was accepted with, whatever happens to the folder later
+    # (its template is read when the job starts: app/jobs/execute.py).
     job_id = store.create_job(service=service.name, flavor=chosen.name, input_text=text, params=params,
-                              input_name=filename, manifest=service.recorded_for(chosen.name),
-                              template=template)
+                              input_name=filename, manifest=service.recorded_for(chosen.name))
     if queue is not None:
         try:
             queue.enqueue(job_id)

@@ -2,11 +2,11 @@
 
 Any number of workers, on any number of machines, consume the queue that API nodes publish
 to (app/jobs/broker.py). Each worker process holds its own watched ServiceRegistry (the services
-folder must be shared or synced) and runs a job exactly as the local runner does: it reuses
-`Runner.run_job`, so the pipeline, checkpoints, retries, fallbacks and cancellation are the
-same. `Worker.handle(job_id)` is what a delivered message does and `Worker.tick()` the
-housekeeping (heartbeat, lease renewal, purge, publishing again the jobs whose message was
-lost); tests call both directly.
+folder must be shared or synced) and runs a job exactly as the local runner does, through the
+same JobExecutor (app/jobs/execute.py): the pipeline, checkpoints, retries, fallbacks and
+cancellation are the same. `Worker.handle(job_id)` is what a delivered message does and
+`Worker.tick()` the housekeeping (heartbeat, lease renewal, purge, publishing again the jobs
+whose message was lost); tests call both directly.
 """
 from __future__ import annotations
 
@@ -15,28 +15,34 @@ import os
 import socket
 import threading
 import time
+from enum import StrEnum
 from typing import Callable
 
-from app.jobs.store import Job, JobStatus, JobStore, open_store
+from app.jobs.execute import JobExecutor, Outcome
+from app.jobs.housekeeping import Housekeeper
+from app.jobs.model import Job
+from app.jobs.store import JobStore, open_store
 from app.logs import job_context
-from app.services.registry import ServiceRegistry
-from app.jobs.runner import Runner
-from app.settings import Settings
 from app.pipeline.summarize import summarize
+from app.services.registry import ServiceRegistry
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# What handling one delivered message came to.
-RAN = "ran"                # the job ran here to its end (complete, failed or cancelled)
-REQUEUED = "requeued"      # stopped by a shutdown, back in the queue with its checkpoint: publish again
-BUSY = "busy"              # held by another live worker: look again after a lease
-FINISHED = "finished"      # already ended (a duplicate delivery): nothing to do
-UNKNOWN = "unknown"        # no such job (deleted): nothing to do
-STOPPING = "stopping"      # this worker is shutting down: publish again for another worker
+
+class Delivery(StrEnum):
+    """What handling one delivered message came to (what the Celery task does next follows from it)."""
+
+    RAN = "ran"                # the job ran here to its end (complete, failed or cancelled)
+    REQUEUED = "requeued"      # stopped by a shutdown, back in the queue with its checkpoint: publish again
+    BUSY = "busy"              # held by another live worker: look again after a lease
+    FINISHED = "finished"      # already ended (a duplicate delivery): nothing to do
+    UNKNOWN = "unknown"        # no such job (deleted): nothing to do
+    STOPPING = "stopping"      # this worker is shutting down: publish again for another worker
 
 
 class Worker:
-    """Runs delivered jobs with the Runner's pipeline; renews their leases while they run."""
+    """Runs delivered jobs through the JobExecutor; renews their leases while they run."""
 
     def __init__(self, settings: Settings, store: JobStore, registry: ServiceRegistry,
                  summarize_fn: Callable = summarize, publish: Callable[[str], None] | None = None):
@@ -45,28 +51,26 @@ class Worker:
         self.registry = registry
         self.publish = publish          # hands a job id to the queue again (JobQueue.enqueue)
         self._last_sweep = 0.0
-        self.runner = Runner(settings, store, registry, summarize_fn)
-        self.runner.beat_info = {"role": "worker", "host": socket.gethostname()}
+        self.executor = JobExecutor(settings, store, registry, summarize_fn=summarize_fn)
+        self.housekeeper = Housekeeper(settings, store, {"role": "worker", "host": socket.gethostname()})
         self._held: dict[str, str | None] = {}     # job id → owner token, for the jobs running here
         self._lock = threading.Lock()
 
     @property
     def stopping(self) -> threading.Event:
         """Set at shutdown: running jobs stop before their next batch and go back to the queue."""
-        return self.runner.stopping
+        return self.executor.stopping
 
-    def handle(self, job_id: str, now: float | None = None) -> str:
-        """Claim the job by id and run it to its end; return what happened (RAN, BUSY, ...)."""
+    def handle(self, job_id: str, now: float | None = None) -> Delivery:
+        """Claim the job by id and run it to its end; return what happened."""
         if self.stopping.is_set():
-            return STOPPING
+            return Delivery.STOPPING
         job = self.store.claim(job_id, lease_s=self.settings.job_lease, now=now)
         if job is None:
             state = self.store.get_state(job_id)
             if state is None:
-                return UNKNOWN
-            if state[0] == JobStatus.PROCESSING.value:
-                return BUSY
-            return FINISHED if state[0] != JobStatus.QUEUED.value else BUSY
+                return Delivery.UNKNOWN
+            return Delivery.FINISHED if state[0].finished else Delivery.BUSY
         with job_context(job.id):
             log.info("worker: job %s claimed (%s/%s, attempt %d%s)", job.id, job.service, job.flavor, job.attempts,
                      f", resuming at {job.progress}%" if job.checkpoint else "")
@@ -74,12 +78,11 @@ class Worker:
         with self._lock:
             self._held[job.id] = job.owner
         try:
-            self.runner.run_job(job)
+            outcome = self.executor.execute(job)
         finally:
             with self._lock:
                 self._held.pop(job.id, None)
-        state = self.store.get_state(job.id)
-        return REQUEUED if state is not None and state[0] == JobStatus.QUEUED.value else RAN
+        return Delivery.REQUEUED if outcome is Outcome.REQUEUED else Delivery.RAN
 
     def _note_manifest_drift(self, job: Job) -> None:
         # The job records the manifest it was accepted with; this worker runs it with the
@@ -101,7 +104,7 @@ class Worker:
         now = time.time() if now is None else now
         with self._lock:
             held = dict(self._held)
-        self.runner.housekeep(held, now)
+        self.housekeeper.tick(held, now)
         if self.publish is not None and now - self._last_sweep >= self.sweep_every:
             self._last_sweep = now
             self.sweep(now)
@@ -143,11 +146,11 @@ def run_worker(settings: Settings) -> int:
     @celery.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
     def run_job(task, job_id: str) -> str:
         outcome = worker.handle(job_id)
-        if outcome == BUSY:
+        if outcome is Delivery.BUSY:
             # Held by a live worker (a second delivery after the visibility timeout): look again
             # after one lease; if that worker died meanwhile, this delivery takes the job over.
             raise task.retry(countdown=settings.job_lease)
-        if outcome in (REQUEUED, STOPPING):
+        if outcome in (Delivery.REQUEUED, Delivery.STOPPING):
             raise task.retry(countdown=0)   # another worker resumes it from its checkpoint
         return outcome
 

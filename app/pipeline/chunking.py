@@ -2,14 +2,16 @@
 
 Counting is the expensive part, so every sentence is counted once (in one batched call),
 turn lengths are sums of sentence counts, and only what could be over a limit is recounted
-for real: pieces near `max_tokens` and every batch's final prompt.
+for real: pieces near `max_tokens` and every batch's final prompt. Where text is cut (sentences,
+words, characters) is app/pipeline/splitting.py's business.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from app.pipeline import splitting
+from app.pipeline.splitting import go_on
 from app.pipeline.transcript import Turn
 
 # Fewest tokens a batch must leave for turns; below this no transcript could ever be sent.
@@ -18,10 +20,6 @@ MIN_TURN_ROOM = 16
 
 class BudgetError(ValueError):
     """The template, chat overhead, context reserve and generation leave no room for turns."""
-
-
-def _go_on() -> None:
-    """The default `check` of planning: never asks it to stop."""
 
 
 @dataclass(frozen=True)
@@ -57,205 +55,11 @@ def default_context_reserve(flavor) -> int:
     return flavor.summary_turns * flavor.create_new_turn_after
 
 
-# --- sentences and pieces --------------------------------------------------------------
-
-# A sentence ends at . ! ? … (with closing quotes/brackets) followed by whitespace; the
-# caller checks that what follows does not start in lower case and that "." does not end an
-# abbreviation ("M. le président", "art. 3", "etc.").
-_END = re.compile(r"[.!?…]+(?:[»\"”’)\]]|[ \u00a0\u202f]+[»”])*(\s+)")
-_ABBREVIATIONS = {
-    "m", "mm", "mme", "mmes", "mlle", "mlles", "dr", "pr", "me", "mgr", "st", "ste", "art",
-    "al", "p", "pp", "etc", "cf", "ex", "vol", "chap", "éd", "ed", "fig", "n", "no", "n°",
-    "nos", "av", "apr", "env", "min", "max", "mr", "mrs", "ms", "prof", "jr", "sr", "vs",
-    "i.e", "e.g", "c.-à-d", "tél", "hab", "op", "cit", "ibid", "coll", "gén", "sq", "ss",
-    "mt", "bd", "dép", "inc", "ltd", "co", "corp", "dept", "approx",
-}
-_WORD = re.compile(r"\s*\S+\s*")
-# How far back from a "." its word is looked for: past any abbreviation's length, and bounded,
-# or a text without spaces (one long line) is scanned back to its start at every ".".
-_WORD_LOOKBACK = 32
-
-
-def _is_boundary(text: str, match: re.Match) -> bool:
-    """Whether the terminator matched at `match` really ends a sentence."""
-    after = match.end()
-    if after >= len(text):
-        return True
-    if "\n" in match.group(1):
-        return True
-    if text[after].islower():
-        return False
-    terminator = match.group(0).rstrip()
-    if terminator != ".":
-        return True
-    # The word before a lone ".": an abbreviation or an initial does not end a sentence.
-    start = match.start()
-    floor = max(0, start - _WORD_LOOKBACK)
-    word_start = max(text.rfind(" ", floor, start), text.rfind("(", floor, start),
-                     text.rfind("«", floor, start), text.rfind("\u00a0", floor, start), floor - 1) + 1
-    word = text[word_start:start].lower()
-    word = word[max(word.rfind("'"), word.rfind("’")) + 1:]  # "l'art." -> "art"
-    if len(word) == 1 and word.isalpha():
-        return False  # "M.", "B. Dogan"
-    return word not in _ABBREVIATIONS
-
-
-def _sentences(text: str) -> list[str]:
-    """Sentences of `text`, each with the whitespace after it; they join back to `text`."""
-    pieces, start = [], 0
-    for match in _END.finditer(text):
-        if _is_boundary(text, match):
-            pieces.append(text[start:match.end()])
-            start = match.end()
-    if start < len(text):
-        pieces.append(text[start:])
-    return pieces
-
-
-def _words(text: str) -> list[str]:
-    """Words of `text`, each with the whitespace after it; they join back to `text`."""
-    return _WORD.findall(text) or [text]
-
+# --- virtual turns -----------------------------------------------------------------------
 
 def _margin(limit: int) -> int:
     """How far under a limit a summed estimate must be to be trusted without a recount."""
     return 2 + limit // 100
-
-
-def _pack(units: list[str], counts: list[int], room: int) -> list[tuple[str, int, int]]:
-    """Greedily join consecutive units while their summed counts fit `room`:
-    (piece, summed count, number of joins between units)."""
-    out: list[tuple[str, int, int]] = []
-    buf: list[str] = []
-    total = 0
-    for unit, n in zip(units, counts):
-        if buf and total + n > room:
-            out.append(("".join(buf), total, len(buf) - 1))
-            buf, total = [], 0
-        buf.append(unit)
-        total += n
-    if buf:
-        out.append(("".join(buf), total, len(buf) - 1))
-    return out
-
-
-def _cut_chars(text: str, tokenizer, room: int, tokens: int = 0,
-               check: Callable[[], None] = _go_on) -> list[tuple[str, int]]:
-    """Cut one over-long word by characters: each time the longest prefix that fits.
-
-    Each cut counts only about one piece's worth of text, around a guess of where it ends
-    (the last piece's length): counting the whole rest at every cut made a long line
-    without spaces quadratic (a 1 MB line took minutes, 5 MB hours)."""
-    out = []
-    start = 0
-    # Before any piece is measured: the word's own characters per token (`tokens`, when the
-    # caller counted it), else a generous 4.
-    guess = len(text) * room // tokens if tokens > 0 else 4 * room
-    while start < len(text):
-        check()
-        end, n = _longest_fit(text, start, tokenizer, room, max(1, guess))
-        out.append((text[start:end], n))
-        guess = end - start
-        start = end
-    return out
-
-
-def _longest_fit(text: str, start: int, tokenizer, room: int, guess: int) -> tuple[int, int]:
-    """(end, count) of the longest text[start:end] whose stripped count fits `room`; at least
-    one character, so that cutting always moves on.
-
-    Counts grow with the length at about a steady rate (a tokenizer may merge a token away here
-    and there; the caller recounts what it keeps), so each count after the first, at `guess`,
-    aims where the counts seen so far put the limit: a little past it until the end is
-    bracketed, then inside the bracket, halving it instead when aiming did not. About six counts
-    of about one piece each, however large the piece."""
-    size = len(text) - start
-
-    def count(length: int) -> int:
-        return tokenizer.count(text[start:start + length].strip())
-
-    lo, lo_count = 0, 0          # the longest length known to fit (0: none yet)
-    hi, hi_count = size + 1, 0   # the shortest length known not to fit (size + 1: none yet)
-    probe = min(guess, size)
-    slack = 4                    # characters aimed past the estimate; doubled at each miss
-    while True:
-        width = hi - lo
-        n = count(probe)
-        if n <= room:
-            lo, lo_count = probe, n
-        else:
-            hi, hi_count = probe, n
-        if hi - lo <= 1:
-            break
-        if hi > size:            # everything fits so far: aim just past room + 1 tokens
-            probe = min(size, max(lo + 1, lo * (room + 1) // max(1, lo_count) + slack))
-            slack *= 2
-        elif lo == 0:            # nothing fits so far: aim just short of room tokens
-            probe = max(1, min(hi - 1, hi * room // hi_count - slack))
-            slack *= 2
-        elif hi - lo <= 8 or 2 * (hi - lo) > width:   # within a token or two, or aiming missed
-            probe = (lo + hi) // 2
-        else:                    # where room + 1/2 tokens falls between the two counts
-            aim = lo + (2 * (room - lo_count) + 1) * (hi - lo) // (2 * (hi_count - lo_count))
-            probe = min(hi - 1, max(lo + 1, aim))
-    if lo == 0:                  # not even one character fits: keep one (count(1) was the last probe)
-        return start + 1, n
-    return start + lo, lo_count
-
-
-def _split_units(units: list[str], counts: list[int], tokenizer, room: int,
-                 check: Callable[[], None] = _go_on) -> list[tuple[str, int, int]]:
-    """Pack units (sentences) greedily under `room`; a sentence over it is packed word by
-    word, and a word over it character by character, so pieces stay full."""
-    flat_units: list[str] = []
-    flat_counts: list[int] = []
-    for unit, n in zip(units, counts):
-        if n <= room:
-            flat_units.append(unit)
-            flat_counts.append(n)
-            continue
-        check()
-        words = _words(unit)
-        # A sentence of one word (a line without spaces) is counted already: not again.
-        word_counts = [n] if len(words) == 1 else tokenizer.count_many([w.strip() for w in words])
-        for word, m in zip(words, word_counts):
-            if m <= room:
-                flat_units.append(word)
-                flat_counts.append(m)
-            else:
-                for chunk, k in _cut_chars(word, tokenizer, room, m, check):
-                    flat_units.append(chunk)
-                    flat_counts.append(k)
-    return _pack(flat_units, flat_counts, room)
-
-
-def _split(text: str, tokenizer, room: int,
-           check: Callable[[], None] = _go_on) -> list[tuple[str, int, int]]:
-    """Cut `text` into pieces whose summed sentence (or word) counts fit `room`."""
-    units = _sentences(text)
-    if len(units) == 1:
-        units = _words(text)
-    return _split_units(units, tokenizer.count_many([u.strip() for u in units]), tokenizer, room,
-                        check)
-
-
-def _halves(text: str, tokens: int) -> list[tuple[str, int, int]]:
-    """Two pieces cut at the sentence (else word, else character) boundary nearest the middle;
-    their count is unknown, so `tokens` (the whole's) is given to make them be recounted."""
-    units = _sentences(text)
-    if len(units) == 1:
-        units = _words(text)
-    if len(units) == 1:
-        if len(text.strip()) <= 1:
-            return []
-        middle = len(text) // 2
-        return [(text[:middle], tokens, 0), (text[middle:], tokens, 0)]
-    ends, total = [], 0
-    for unit in units[:-1]:
-        total += len(unit)
-        ends.append(total)
-    cut = min(ends, key=lambda end: abs(2 * end - len(text)))
-    return [(text[:cut], tokens, 0), (text[cut:], tokens, 0)]
 
 
 @dataclass
@@ -273,7 +77,7 @@ class _Piece:
 
 
 def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int],
-            check: Callable[[], None] = _go_on) -> list[_Piece]:
+            check: Callable[[], None] = go_on) -> list[_Piece]:
     """Recount pieces whose estimate could exceed `limit` and cut again those that do.
 
     A sum of counts is exact for sentencepiece-style tokenizers; others may differ by about a
@@ -293,9 +97,9 @@ def _settle(pieces: list[_Piece], tokenizer, limit: int, prefix: dict[str, int],
         if room < 1:  # the label alone is about the limit: cutting the text cannot help
             out.append(p)
             continue
-        cut = _split(p.text, tokenizer, room, check)
+        cut = splitting.split(p.text, tokenizer, room, check)
         if len(cut) == 1:  # the sums say it fits, the tokenizer disagrees: halve it
-            cut = _halves(p.text, p.tokens)
+            cut = splitting.halve(p.text, p.tokens)
         if len(cut) <= 1:
             out.append(p)
             continue
@@ -315,11 +119,11 @@ def _prefix_costs(speakers, tokenizer) -> dict[str, int]:
 
 def _virtual_pieces(turns: Sequence[Turn], tokenizer, max_tokens: int,
                     prefix: dict[str, int] | None = None,
-                    check: Callable[[], None] = _go_on) -> list[_Piece]:
+                    check: Callable[[], None] = go_on) -> list[_Piece]:
     """Cut turns whose line exceeds `max_tokens`; every sentence is counted once, in one call."""
     if prefix is None:
         prefix = _prefix_costs((t.speaker for t in turns), tokenizer)
-    per_turn = [_sentences(t.text) for t in turns]
+    per_turn = [splitting.sentences(t.text) for t in turns]
     flat = [u.strip() for units in per_turn for u in units]
     check()
     counts = iter(tokenizer.count_many(flat))
@@ -335,7 +139,7 @@ def _virtual_pieces(turns: Sequence[Turn], tokenizer, max_tokens: int,
         # When the label takes most of the limit the line cannot fit anyway: keep pieces of
         # a quarter of the limit rather than crumbs of a word or two.
         room = max(1, max_tokens // 4, max_tokens - prefix[turn.speaker])
-        for text, n, joins in _split_units(units, unit_counts, tokenizer, room, check):
+        for text, n, joins in splitting.split_units(units, unit_counts, tokenizer, room, check):
             pieces.append(_Piece(turn.speaker, text, prefix[turn.speaker] + n, label_join + joins))
     return _settle(pieces, tokenizer, max_tokens, prefix, check)
 
@@ -346,7 +150,7 @@ def split_text(text: str, tokenizer, max_tokens: int) -> list[str]:
     # it, so "".join(pieces) == text.
     if not text.strip():
         return [text] if text else []
-    pieces = [_Piece("", t, n, j) for t, n, j in _split(text, tokenizer, max_tokens)]
+    pieces = [_Piece("", t, n, j) for t, n, j in splitting.split(text, tokenizer, max_tokens)]
     return [p.text for p in _settle(pieces, tokenizer, max_tokens, {"": 0})]
 
 
@@ -355,7 +159,7 @@ def split_long_turns(turns: Sequence[Turn], tokenizer, max_tokens: int,
     """Virtual turns: cut each turn whose rendered line exceeds max_tokens, keeping its speaker.
 
     `check` is called between pieces (often: it must be cheap) and raises to stop the cutting."""
-    pieces = _virtual_pieces(turns, tokenizer, max_tokens, check=check or _go_on)
+    pieces = _virtual_pieces(turns, tokenizer, max_tokens, check=check or go_on)
     return [Turn(p.speaker, p.text.strip()) for p in pieces]
 
 
@@ -399,7 +203,7 @@ def plan_batches(turns: Sequence[Turn], template: str, fields: int, flavor, toke
     planning: a cancel or a shutdown need not wait for a huge transcript to be planned."""
     # A batch fits when count(filled prompt) + chat overhead + context_reserve +
     # max_generation_length <= total_context_length, and it has at most max_new_turns turns.
-    check = check or _go_on
+    check = check or go_on
     room = prompt_room(template, fields, flavor, tokenizer, context_reserve)
     if room < MIN_TURN_ROOM:
         raise BudgetError(

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app
 
-from app.jobs.store import FINISHED, PROCESSING, QUEUED, JobStore
+from app.jobs.model import JobStatus
+from app.jobs.store import JobStore
 from app.pipeline.summarize import partial_lines
 from app.web import context
 from app.web.errors import ApiError, error_response
@@ -90,7 +91,7 @@ def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: T
             yield sse("error", {"error": "not_found", "message": f"The job '{job_id}' was deleted.", "status": 404})
             return
         status, progress, message = state
-        if status in FINISHED:
+        if status.finished:
             job = store.get(job_id, full=False)
             if job is not None:
                 yield sse(wire_status(status), job_view(job))
@@ -99,9 +100,9 @@ def follow(store: JobStore, job_id: str, serving: Callable[[], bool] = lambda: T
         now = time.monotonic()
         if state != last:
             yield sse("progress", {"jobId": job_id, "status": status, "progress": progress,
-                                   "message": QUEUED_MESSAGE if status == QUEUED else float(progress),
+                                   "message": QUEUED_MESSAGE if status == JobStatus.QUEUED else float(progress),
                                    "detail": message})
-            if status == PROCESSING and (last is None or progress != last[1]):
+            if status == JobStatus.PROCESSING and (last is None or progress != last[1]):
                 # The report grew (a batch finished): its new lines, and where they start.
                 lines = partial_lines(store.checkpoint(job_id))
                 if len(lines) > sent_lines:

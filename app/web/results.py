@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from app.jobs.store import FINISHED, PROCESSING, JobStatus
+from app.jobs.model import JobStatus
 from app.pipeline.summarize import partial_lines
 from app.web import context
 from app.web.errors import ApiError
@@ -40,7 +40,7 @@ def get_result(job_id: str):
     if job is None:
         return jsonify(not_found_view(job_id)), 404
     body = job_view(job)
-    if job.status == PROCESSING:
+    if job.status == JobStatus.PROCESSING:
         # The report of the batches finished so far, in order (Studio ignores it).
         body["partial"] = "\n".join(partial_lines(store.checkpoint(job_id)))
     return jsonify(body), http_status(job.status)
@@ -90,7 +90,7 @@ def list_results():
     if status is not None and status not in words:
         raise ApiError(400, f"'status' must be one of {', '.join(words)}.")
     # "error" is the wire word for failed and cancelled jobs alike.
-    statuses = [s for s in FINISHED if s != JobStatus.COMPLETE.value] if status == ERROR else status
+    statuses = [s for s in JobStatus if s.finished and s != JobStatus.COMPLETE] if status == ERROR else status
     limit = _int_arg("limit", 50, 1, 500)
     offset = _int_arg("offset", 0, 0, 10**9)
     jobs, total = context.store().list_jobs(statuses, _single_arg("service") or None, limit, offset)

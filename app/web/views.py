@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.jobs.store import Job, JobStatus
+from app.jobs.model import Job, JobStatus
 
 QUEUED_MESSAGE = "Processing 0%"
 SUCCESS = "success"

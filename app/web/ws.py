@@ -28,7 +28,8 @@ from typing import Any
 from flask import Blueprint, current_app, g
 from flask_sock import ConnectionClosed, Sock
 
-from app.jobs.store import FINISHED, Job, JobStore
+from app.jobs.model import Job
+from app.jobs.store import JobStore
 from app.web import context
 from app.web.errors import error_response
 from app.web.views import task_view, unknown_task
@@ -163,7 +164,7 @@ def result_socket(ws, job_id: str):
             if (job.status, job.progress) != last:
                 _send(ws, task_view(job))
                 last = (job.status, job.progress)
-            if job.status in FINISHED:
+            if job.status.finished:
                 _close(ws, 1000, "The job has ended.")
                 return
             message = ws.receive(timeout=TICK_S)      # nothing is expected; a close is noticed here

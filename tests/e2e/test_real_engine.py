@@ -22,6 +22,7 @@ import time
 import pytest
 import requests
 
+from app.client import FINAL, GatewayClient, GatewayError, PollTimeout, poll
 from tests.e2e import budget
 from tests.e2e.conftest import E2E_FLAVOR, FULL_FLAVOR, FULL_OVERRIDES, KINDS, ROOT, SERVICES_DIR, engine_module, report
 from tests.processes import Gateway
@@ -40,8 +41,6 @@ OVERFLOW_CALLS = int(os.environ.get("LLM_GATEWAY_E2E_OVERFLOW_CALLS", "4"))
 # The gateway's prompt count against the engine's usage.prompt_tokens: both use the engine's own
 # tokenizer and chat template, so they should agree but for a token where text meets template.
 TOKEN_TOLERANCE = 2
-# How long polls may find the gateway unreachable in a row before a wait gives up.
-UNREACHABLE_S = 60
 
 
 def first_lines(path: str, count: int | None = None) -> str:
@@ -63,28 +62,32 @@ def submit(gateway, service: str, name: str, text: str, flavor: str = E2E_FLAVOR
 
 
 class Polls:
-    """GET /results/<id> of one job. A poll whose connection is dropped is tried again (as
-    app.client's poll does) for up to UNREACHABLE_S in a row, and each drop is reported with the
-    gateway's log lines of its second: once in hundreds of CI polls one came back with no
-    response while vLLM was busy, and the job itself was complete and correct."""
+    """Following one job with app.client's poll, which tries a poll whose connection is dropped
+    again for up to UNREACHABLE_GRACE_S in a row. Each drop is reported with the gateway's log
+    lines of its second: once in hundreds of CI polls one came back with no response while vLLM
+    was busy, and the job itself was complete and correct."""
 
     def __init__(self, gateway, job_id: str):
         self.gateway, self.job_id = gateway, job_id
+        self.client = GatewayClient(gateway.url, timeout=10)
         self.count = 0
         self.drops: list[str] = []
 
-    def get(self) -> requests.Response:
+    def follow(self, on_update, interval: float, timeout: float | None = None) -> dict:
+        """Poll until the job ends (its last result) or on_update raises; PollTimeout after `timeout`."""
+        def counted(body: dict) -> None:
+            self.count += 1
+            on_update(body)
+
+        try:
+            return poll(self.client, self.job_id, counted, interval=interval, timeout=timeout,
+                        on_unreachable=self.dropped)
+        finally:
+            self.report()
+
+    def dropped(self, exc: GatewayError) -> None:
         self.count += 1
-        unreachable_since = None
-        while True:
-            try:
-                return requests.get(f"{self.gateway.url}/results/{self.job_id}", timeout=10)
-            except requests.ConnectionError as exc:
-                self.drops.append(f"{time.strftime('%H:%M:%S')} {exc}")
-                unreachable_since = unreachable_since or time.monotonic()
-                if time.monotonic() - unreachable_since > UNREACHABLE_S:
-                    raise
-                time.sleep(0.5)
+        self.drops.append(f"{time.strftime('%H:%M:%S')} {exc.__cause__ or exc}")
 
     def report(self) -> None:
         if not self.drops:
@@ -105,26 +108,27 @@ def wait_result(gateway, job_id: str, timeout: float, why: str = "") -> dict:
     `why` says how the deadline was derived; a missed deadline fails with it and with what the
     gateway had sent the engine by then, so a slow machine is told apart from a stuck job.
     """
-    started = time.monotonic()
-    seen = set()
+    seen: set = set()
+    last: dict = {}
     polls = Polls(gateway, job_id)
-    while True:
-        response = polls.get()
-        body = response.json()
+
+    def check(body: dict) -> None:
         seen.add(body.get("status"))
-        if response.status_code == 202:
+        last.clear()
+        last.update(body)
+        status = polls.client.last_status       # 202 while the job runs, 200 once it has ended
+        if status == 202:
             assert body["status"] in ("queued", "processing"), body
             assert "progress" in body, body
         else:
-            assert response.status_code == 200, (response.status_code, body)
-            assert body["status"] in ("complete", "error"), body
-            polls.report()
-            return body
-        if time.monotonic() - started > timeout:
-            polls.report()
-            pytest.fail(f"job {job_id} not finished after {timeout:.0f} s, the deadline derived from {why};"
-                        f" {budget.progress_report(gateway.url)}; statuses seen: {sorted(seen)}; last: {body}")
-        time.sleep(0.5)
+            assert status == 200, (status, body)
+            assert body["status"] in FINAL, body
+
+    try:
+        return polls.follow(check, interval=0.5, timeout=timeout)
+    except PollTimeout:
+        pytest.fail(f"job {job_id} not finished after {timeout:.0f} s, the deadline derived from {why};"
+                    f" {budget.progress_report(gateway.url)}; statuses seen: {sorted(seen)}; last: {last}")
 
 
 def template_lines(service: str) -> list[str]:
@@ -245,6 +249,10 @@ def chat_statuses(kind: str, log_text: str) -> list[int]:
     return statuses
 
 
+class Enough(Exception):
+    """Stops following a job once it has shown what the test needs."""
+
+
 def test_long_input_never_overflows_the_context(engine, speed, e2e_services, tmp_path):
     """fr_medium (~5x the 4096-token context): every engine call the gateway makes fits.
 
@@ -267,24 +275,29 @@ def test_long_input_never_overflows_the_context(engine, speed, e2e_services, tmp
         started = time.monotonic()
         job_id, _ = submit(gateway, "cra", "fr_medium.txt", text, flavor=FULL_FLAVOR)
         deadline = started + limit
-        polls = Polls(gateway, job_id)
-        while True:
-            body = polls.get().json()
+        seen: dict = {}
+
+        def watch(body: dict) -> None:
             statuses = chat_statuses(engine.kind, engine.log_text())[before:]
+            seen.update(body=body, statuses=statuses)
             assert all(code == 200 for code in statuses), f"the engine refused a call: {statuses}"
-            if body["status"] in ("complete", "error") or len(statuses) >= OVERFLOW_CALLS:
-                break
+            if body["status"] in FINAL or len(statuses) >= OVERFLOW_CALLS:
+                raise Enough()
             assert time.monotonic() < deadline, (
                 f"{len(statuses)} of {OVERFLOW_CALLS} engine calls in {limit:.0f} s, the deadline derived from"
                 f" {speed} and {work}; {budget.progress_report(gateway.url)}; last: {body}")
-            time.sleep(1)
+
+        try:
+            Polls(gateway, job_id).follow(watch, interval=1)
+        except Enough:
+            pass
+        body, statuses = seen["body"], seen["statuses"]
         seconds = time.monotonic() - started
         sent = budget.progress_report(gateway.url)
         assert body["status"] != "error", body.get("error", body)
         # The engine's log must show the calls: a change in its log format must not pass on none.
         assert statuses, "no chat completion found in the engine's log"
         assert "overflows; halving" not in gateway.logs(), "a batch went beyond the context"
-        polls.report()
     finally:
         if gateway.proc is not None and gateway.proc.poll() is None:
             gateway.kill9()

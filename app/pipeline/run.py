@@ -1,0 +1,130 @@
+"""One summarize() run: the context every stage works on.
+
+It holds what was asked (the request), what answers (engine, tokenizer), the plan's facts (the
+context reserve, the number of virtual turns and their fingerprint) and the hooks, all given at
+construction; and what the run accumulates: engine usage, warnings and progress. Worker threads
+(fields == 1) never call the hooks: they queue their messages here and read a stop flag that the
+calling thread keeps up to date.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from app.pipeline.request import Hooks, SummaryRequest
+
+log = logging.getLogger(__name__)
+
+_SLEEP_SLICE = 1.0      # backoff sleeps are cut in slices so a stop is not held up
+
+
+class JobInterrupted(Exception):
+    """should_stop() asked to stop; the last checkpoint saved is where the job resumes."""
+
+
+class Run:
+    """The state of one summarize() run, shared by its stages and its worker threads."""
+
+    def __init__(self, request: SummaryRequest, *, engine, tokenizer, hooks: Hooks,
+                 reserve: int, total: int, turns_digest: str):
+        self.request, self.engine, self.tokenizer, self.hooks = request, engine, tokenizer, hooks
+        self.reserve = reserve            # tokens of each prompt kept for the summary so far
+        self.total, self.turns_digest = total, turns_digest
+        self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "engine_seconds": 0.0, "retries": 0, "failed_calls": 0}
+        self.warnings: list[str] = []
+        self.progress = 0
+        self.lock = threading.Lock()
+        self.main_thread = threading.current_thread()
+        self.messages: queue.Queue[str] = queue.Queue()
+        self.stopping = threading.Event()
+
+    # --- messages and warnings -------------------------------------------------------------
+
+    def post(self, message: str) -> None:
+        """Tell the user: at once from the calling thread, at the next delivery from a worker."""
+        if threading.current_thread() is self.main_thread:
+            self.hooks.on_message(message)
+        else:
+            self.messages.put(message)
+
+    def deliver_messages(self) -> None:
+        """Hand the workers' queued messages to on_message (from the calling thread)."""
+        while True:
+            try:
+                self.hooks.on_message(self.messages.get_nowait())
+            except queue.Empty:
+                return
+
+    def warn(self, warning: str) -> None:
+        """A warning the user must see with the summary."""
+        log.warning("summarize: %s", warning)
+        with self.lock:
+            self.warnings.append(warning)
+
+    # --- stopping --------------------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        """Whether to stop: should_stop() asked from the calling thread, the flag from a worker."""
+        if threading.current_thread() is self.main_thread and self.hooks.should_stop():
+            self.stopping.set()
+        return self.stopping.is_set()
+
+    def check_stop(self) -> None:
+        """Raise JobInterrupted when asked to stop."""
+        if self.stop_requested():
+            raise JobInterrupted(f"stopped at {self.progress}%")
+
+    def backoff_sleep(self, seconds: float) -> None:
+        """Wait between retries, giving up early when the job is asked to stop."""
+        while seconds > 0:
+            self.check_stop()
+            step = min(_SLEEP_SLICE, seconds)
+            self.hooks.sleep(step)
+            seconds -= step
+        self.check_stop()
+
+    # --- usage -----------------------------------------------------------------------------
+
+    def add_usage(self, **amounts: float) -> None:
+        """Count calls, tokens, seconds or failures (from any thread)."""
+        with self.lock:
+            for key, amount in amounts.items():
+                self.usage[key] += amount
+
+    def take_retry(self) -> bool:
+        """Count one retry, unless the job's retry budget is spent (then False)."""
+        with self.lock:
+            budget = self.request.job_retries
+            if budget is not None and self.usage["retries"] >= budget:
+                return False
+            self.usage["retries"] += 1
+            return True
+
+    def carry_over(self, usage: dict[str, Any], warnings: list[str]) -> None:
+        """Add what the run this one resumes had spent and warned."""
+        with self.lock:
+            for key, value in usage.items():
+                if key in self.usage:
+                    self.usage[key] += value
+            self.warnings.extend(warnings)
+
+    def usage_report(self) -> dict[str, Any]:
+        """The usage totals as reported to the user."""
+        with self.lock:
+            return {**self.usage, "engine_seconds": round(self.usage["engine_seconds"], 3)}
+
+    # --- progress and checkpoints ----------------------------------------------------------
+
+    def advance(self, done: int) -> int:
+        """Progress after `done` virtual turns: only grows, and 100 is the caller's to set."""
+        if self.total:
+            self.progress = max(self.progress, min(99, done * 100 // self.total))
+        return self.progress
+
+    def save(self, state: dict[str, Any], done: int) -> None:
+        """Hand a checkpoint to on_checkpoint, with the usage and warnings so far."""
+        state.update(usage=self.usage_report(), warnings=list(self.warnings))
+        self.hooks.on_checkpoint(self.advance(done), state)
