@@ -85,6 +85,59 @@ def make_runner(tmp_path):
     factory.close()
 
 
+@pytest.fixture
+def make_app(tmp_path):
+    """make_app(**settings) → a Flask app (no server) serving one service "one" (fields 1, flavor
+    "small"), its job store a SQLite file under tmp_path: for tests of one route's logic."""
+    from app.services.registry import ServiceRegistry
+    from app.settings import Settings
+    from app.web import create_app
+    from tests.manifest_factory import manifest, write_service
+
+    def make(**settings):
+        folder = tmp_path / "services"
+        folder.mkdir(exist_ok=True)
+        write_service(str(folder), "one", manifest(name="one", fields=1))
+        registry = ServiceRegistry(str(folder))
+        registry.reload()
+        chosen = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), **settings)
+        return create_app(chosen, registry=registry)
+    return make
+
+
+@pytest.fixture
+def engine_delay():
+    """Seconds the `engine` fixture takes to answer; a test module overrides it to see jobs running."""
+    return 0.02
+
+
+@pytest.fixture
+def engine(engine_delay):
+    """A fake engine in its own process (loopback, ephemeral port), for tests of real gateways."""
+    from tests.processes import FakeEngineProcess
+    process = FakeEngineProcess("--delay", str(engine_delay))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def services(tmp_path):
+    """A copy of the shipped services folder, which the test may change."""
+    import shutil
+    folder = tmp_path / "services"
+    shutil.copytree("services", folder)
+    return folder
+
+
+@pytest.fixture
+def gateway(tmp_path, engine, services, deployment):
+    """A real gateway (`python3 -m app`, or web + workers when scaled) on `services` and `engine`."""
+    from tests.processes import Gateway
+    started = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, deployment=deployment).start()
+    yield started
+    started.stop()
+
+
 DEPLOYMENTS = ["embedded", "scaled"]
 
 

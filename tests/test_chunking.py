@@ -11,6 +11,7 @@ from app.pipeline.chunking import (Batch, BudgetError, default_context_reserve, 
 from app.services.manifests import Flavor
 from app.pipeline.tokenizers import Tokenizer, default_tokenizer
 from app.pipeline.transcript import Turn, parse_transcript
+from tests.tokenizer_probe import WatchedTokenizer
 
 DATA = Path(__file__).parent / "data"
 SERVICES = Path(__file__).parent.parent / "services"
@@ -261,29 +262,17 @@ def test_empty_and_unnamed_transcripts():
 
 # --- long lines without spaces: planning stays linear ------------------------------------------
 
-class CountingTokenizer(Tokenizer):
+class CountingTokenizer(WatchedTokenizer):
     """The real tokenizer, adding up the characters it is given; it stops the test as soon as they
     pass `budget` (cutting used to count the whole rest of the line at every cut: minutes)."""
 
     def __init__(self, inner: Tokenizer, budget: int):
-        self.inner, self.budget, self.chars = inner, budget, 0
-        self.name = inner.name
+        super().__init__(inner)
+        self.budget = budget
 
-    def _add(self, chars: int) -> None:
-        self.chars += chars
+    def seen(self, chars: int) -> None:
+        super().seen(chars)
         assert self.chars <= self.budget, f"more than {self.budget:,} characters tokenized"
-
-    def count(self, text):
-        self._add(len(text))
-        return self.inner.count(text)
-
-    def count_many(self, texts):
-        texts = list(texts)
-        self._add(sum(map(len, texts)))
-        return self.inner.count_many(texts)
-
-    def chat_overhead(self):
-        return self.inner.chat_overhead()
 
 
 def spaceless(size: int) -> str:

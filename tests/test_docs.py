@@ -64,3 +64,18 @@ def test_python_m_tests_runs_the_same_suite(monkeypatch):
     assert handed == [[*ini["pytest"]["testpaths"].split(), "-x", "-k", "docs"]] and exited.value.code == 3
     done = subprocess.run([sys.executable, "-m", "tests", "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and f"pytest {pytest.__version__}" in done.stdout + done.stderr, done
+
+
+def test_every_test_the_docs_cite_exists():
+    """The README's guarantees table and BENCHMARKS.md name the tests that prove them: each must exist."""
+    from pathlib import Path
+    cited = 0
+    for doc in ("README.md", "BENCHMARKS.md", "document/architecture.md"):
+        for match in re.finditer(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", Path(doc).read_text(encoding="utf-8")):
+            path, name = Path(match.group(1)), match.group(2)
+            assert path.is_file(), f"{doc} cites {path}, which does not exist"
+            if name:
+                assert re.search(rf"^(?:async )?def {name}\(", path.read_text(encoding="utf-8"), re.M), \
+                    f"{doc} cites {path}::{name}, which does not exist"
+                cited += 1
+    assert cited > 20       # the README's guarantees table cites its tests by name

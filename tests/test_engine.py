@@ -154,28 +154,20 @@ def test_call_with_retries_reports_each_retry_then_succeeds():
     assert 0.75 <= sleeps[0] <= 1.0 and sleeps[1] == 3     # backoff, then Retry-After
 
 
-def test_call_with_retries_gives_up_after_max_retries():
+@pytest.mark.parametrize("error, policy, tries", [
+    (TransientEngineError("down"), RetryPolicy(max_retries=3), 4),       # gives up after max_retries
+    (PermanentEngineError("no such model"), RetryPolicy(), 1),            # never retried
+], ids=["transient", "permanent"])
+def test_call_with_retries_stops_when_it_must(error, policy, tries):
     calls = []
 
-    def down():
+    def failing():
         calls.append(1)
-        raise TransientEngineError("down")
+        raise error
 
-    with pytest.raises(TransientEngineError):
-        call_with_retries(down, RetryPolicy(max_retries=3), sleep=lambda s: None)
-    assert len(calls) == 4
-
-
-def test_permanent_errors_are_not_retried():
-    calls = []
-
-    def refused():
-        calls.append(1)
-        raise PermanentEngineError("no such model")
-
-    with pytest.raises(PermanentEngineError):
-        call_with_retries(refused, RetryPolicy(), sleep=lambda s: None)
-    assert len(calls) == 1
+    with pytest.raises(type(error)):
+        call_with_retries(failing, policy, sleep=lambda s: None)
+    assert len(calls) == tries
 
 
 def test_backoff_is_capped_exponential_with_jitter():

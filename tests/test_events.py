@@ -9,10 +9,7 @@ import requests
 
 from app.client import parse_sse
 from app.jobs.store import JobStore
-from app.services.registry import ServiceRegistry
-from app.settings import Settings
-from app.web import create_app, events
-from tests.manifest_factory import manifest, write_service
+from app.web import events
 from tests.processes import FakeEngineProcess, Gateway
 
 
@@ -22,14 +19,8 @@ def fast_polling(monkeypatch):
 
 
 @pytest.fixture
-def app(tmp_path):
-    folder = tmp_path / "services"
-    folder.mkdir()
-    write_service(str(folder), "one", manifest(name="one", fields=1))
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    settings = Settings(db_path=str(tmp_path / "jobs.sqlite"), services_dir=str(folder), max_streams=1)
-    return create_app(settings, registry=registry)
+def app(make_app):
+    return make_app(max_streams=1)
 
 
 def read_events(response, limit=1000):

@@ -8,10 +8,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import telemetry
 from app.pipeline.engine import ContextOverflowError, PermanentEngineError, TransientEngineError
 from app.jobs.store import JobStore
-from app.services.registry import ServiceRegistry
-from app.settings import Settings
-from app.web import create_app
-from tests.manifest_factory import manifest, write_service
 from tests.processes import FakeEngineProcess, Gateway
 
 FR_SMALL = "tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt"
@@ -30,13 +26,8 @@ def test_error_kinds():
     assert telemetry.error_kind(ValueError("x")) == "other"
 
 
-def test_scrape_reads_jobs_and_queue_from_the_store(tmp_path):
-    folder = tmp_path / "services"
-    folder.mkdir()
-    write_service(str(folder), "one", manifest(name="one", fields=1))
-    registry = ServiceRegistry(str(folder))
-    registry.reload()
-    app = create_app(Settings(db_path=str(tmp_path / "j.sqlite"), services_dir=str(folder)), registry=registry)
+def test_scrape_reads_jobs_and_queue_from_the_store(make_app):
+    app = make_app()
     store: JobStore = app.extensions["store"]
     for _ in range(3):
         store.create_job(service="one", flavor="small", input_text="A : b")

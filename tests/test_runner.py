@@ -7,7 +7,8 @@ import pytest
 
 from app.pipeline import summarize as summarize_module
 from app.pipeline.summarize import summarize
-from app.pipeline.tokenizers import Tokenizer, default_tokenizer
+from app.pipeline.tokenizers import default_tokenizer
+from tests.tokenizer_probe import WatchedTokenizer
 from tests.manifest_factory import flavor, manifest, write_service
 
 FR_SMALL = open("tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt", encoding="utf-8").read()
@@ -228,34 +229,20 @@ SPACELESS = "".join(FR_MEDIUM.split())
 HUGE_LINE = (SPACELESS * (1_000_000 // len(SPACELESS) + 1))[:1_000_000]
 
 
-class HeldTokenizer(Tokenizer):
+class HeldTokenizer(WatchedTokenizer):
     """The default tokenizer, adding up the characters it is given. The first long text (planning
     counting the transcript's sentences) sets `planning` and is held until `go`: the test acts
     while the job is planning."""
 
     def __init__(self):
-        self.inner = default_tokenizer()
-        self.name = self.inner.name
-        self.chars = 0
+        super().__init__(default_tokenizer())
         self.planning, self.go = threading.Event(), threading.Event()
 
-    def _seen(self, chars: int) -> None:
-        self.chars += chars
+    def seen(self, chars: int) -> None:
+        super().seen(chars)
         if chars >= 100_000 and not self.planning.is_set():
             self.planning.set()
             self.go.wait(30)
-
-    def count(self, text):
-        self._seen(len(text))
-        return self.inner.count(text)
-
-    def count_many(self, texts):
-        texts = list(texts)
-        self._seen(sum(map(len, texts)))
-        return self.inner.count_many(texts)
-
-    def chat_overhead(self):
-        return self.inner.chat_overhead()
 
 
 def planning_runner(make_runner, runner, tokenizer, ended: threading.Event):

@@ -6,7 +6,6 @@ runs embedded and scaled (web only + two `python3 -m app worker` on Redis and Po
 where "the runner" is the workers.
 """
 import itertools
-import shutil
 import time
 
 import pytest
@@ -19,27 +18,6 @@ pytestmark = pytest.mark.slow
 
 FR_SMALL = "tests/data/fr/fr_small_an_qag_securite_alimentaire_2013-02-12.txt"
 EN_SMALL = "tests/data/en/en_small_ami_TS3010a.txt"
-
-
-@pytest.fixture
-def engine():
-    eng = FakeEngineProcess("--delay", "0.02")
-    yield eng
-    eng.stop()
-
-
-@pytest.fixture
-def services(tmp_path):
-    folder = tmp_path / "services"
-    shutil.copytree("services", folder)
-    return folder
-
-
-@pytest.fixture
-def gateway(tmp_path, engine, services, deployment):
-    gw = Gateway(tmp_path, engine.base_url, services_dir=str(services), workers=2, deployment=deployment).start()
-    yield gw
-    gw.stop()
 
 
 def runs(speakers):

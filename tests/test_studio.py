@@ -31,7 +31,7 @@ import pytest
 import requests
 from simple_websocket import Client, ConnectionClosed, ConnectionError as HandshakeRefused
 
-from tests.processes import FakeEngineProcess, Gateway, wait_until
+from tests.processes import Gateway, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -136,19 +136,9 @@ def studio_poll(gateway, export: StudioExport, timeout: float = 60) -> StudioExp
 
 
 @pytest.fixture
-def engine():
-    eng = FakeEngineProcess("--delay", "0.2")
-    yield eng
-    eng.stop()
-
-
-@pytest.fixture
-def gateway(tmp_path, engine, deployment):
-    folder = tmp_path / "services"
-    shutil.copytree("services", folder)
-    gw = Gateway(tmp_path, engine.base_url, services_dir=str(folder), workers=2, deployment=deployment).start()
-    yield gw
-    gw.stop()
+def engine_delay():
+    """Slow enough answers that a job is seen queued and processing (conftest's `engine` uses it)."""
+    return 0.2
 
 
 def test_the_export_page_lists_the_services_as_an_array(gateway):

@@ -3,6 +3,8 @@
 Each stream is a greenlet of its Gunicorn worker that reads the job's state from the store (one
 small indexed read every POLL_S). Cheap, but not free: a worker serves at most `max_streams`
 streams and websockets together, and one over the cap gets 503 (clients then poll GET /results/<id>).
+
+The routes' OpenAPI contract is in document/swagger_llm_gateway.yml.
 """
 from __future__ import annotations
 
@@ -29,32 +31,7 @@ RETRY_MS = 2000       # EventSource reconnects after this long; it then gets the
 
 @bp.get("/results/<job_id>/events")
 def job_events(job_id: str):
-    """Follow a job live: Server-Sent Events until it ends.
-    ---
-    tags: [results]
-    parameters:
-      - {name: job_id, in: path, required: true, schema: {type: string}}
-    responses:
-      200:
-        description: >
-          A stream of events. `progress` (data: jobId, status, progress, message, detail; as in
-          GET /results/{job_id}: `message` is "Processing 0%" while queued, then the percentage) is
-          sent at once and whenever one of them changes; `partial` (data: jobId, start, lines) when
-          the report of the batches finished so far grows (its new lines, from line `start`); the last
-          event is named after the final
-          status: `complete` (data: the result with `summarization` and `usage`) or `error` (data:
-          the result, with `error` the reason and `state` failed or cancelled; or the error shape
-          if the job is deleted meanwhile). A comment line `: heartbeat` is sent every 10 s of silence.
-        content:
-          text/event-stream:
-            schema: {type: string, description: 'Lines such as "event: progress" then "data: {...}" and a blank line'}
-      404:
-        description: No such job.
-        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
-      503:
-        description: This worker already serves as many streams as it may; poll GET /results/{job_id}.
-        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
-    """
+    """Follow a job live: Server-Sent Events until it ends."""
     store = context.store()
     if store.get_state(job_id) is None:
         raise ApiError(404, f"No job with id '{job_id}'.")

@@ -1,4 +1,7 @@
-"""Liveness and health routes."""
+"""Liveness and health routes.
+
+The routes' OpenAPI contract is in document/swagger_llm_gateway.yml.
+"""
 from __future__ import annotations
 
 import time
@@ -13,26 +16,12 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthcheck")
 def healthcheck():
-    """Liveness: 200 while the app answers (used by the Docker healthcheck).
-    ---
-    tags: [health]
-    responses:
-      200:
-        description: The app is up.
-        content: {text/plain: {schema: {type: string}}}
-    """
+    """Liveness: 200 while the app answers (used by the Docker healthcheck)."""
     return "1", 200, {"Content-Type": "text/plain"}
 
 
 @bp.get("/health")
 def health():
-    """Health of the parts: database, services, runner, engine.
-    ---
-    tags: [health]
-    responses:
-      200:
-        description: The report; `status` is ok, degraded (engine down) or down (database or runner).
-        content: {application/json: {schema: {$ref: '#/components/schemas/Health'}}}
-    """
+    """Health of the parts: database, services, runner, engine."""
     # Always 200: this is a report for people and dashboards; /healthcheck is the liveness probe.
     return jsonify(readiness.report(context.settings(), context.store(), context.registry(), now=time.time()))

@@ -1,4 +1,7 @@
-"""The Prometheus scrape route."""
+"""The Prometheus scrape route.
+
+The routes' OpenAPI contract is in document/swagger_llm_gateway.yml.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, Response
@@ -11,15 +14,5 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def scrape():
-    """Prometheus metrics: jobs by status, queue depth, engine latency, tokens and errors.
-    ---
-    tags: [health]
-    responses:
-      200:
-        description: >
-          The Prometheus text format: llm_gateway_jobs{status}, llm_gateway_queue_depth,
-          llm_gateway_engine_call_seconds{flavor} (histogram), llm_gateway_prompt_tokens_total{flavor},
-          llm_gateway_completion_tokens_total{flavor}, llm_gateway_engine_errors_total{kind}.
-        content: {text/plain: {schema: {type: string}}}
-    """
+    """Prometheus metrics: jobs by status, queue depth, engine latency, tokens and errors."""
     return Response(telemetry.scrape(context.store()), content_type=telemetry.CONTENT_TYPE)

@@ -20,7 +20,7 @@ SPEC_ENDPOINT = "openapi"
 
 
 def load_base_document(path: str) -> dict:
-    """The base document flasgger starts from (info, tags, shared schemas)."""
+    """The OpenAPI document flasgger starts from (info, tags, paths, shared schemas)."""
     if not os.path.isfile(path):
         log.warning("swagger: %s not found; starting from an empty document", path)
         return {"openapi": "3.0.3", "info": {"title": "LLM Gateway", "version": "1.0.0"}}
@@ -81,8 +81,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         spec = copy.deepcopy(swagger.get_apispecs(SPEC_ENDPOINT))
         spec.pop("definitions", None)
         if prefix:
-            # flasgger writes the prefixed rule; the prefix lives in `servers` instead.
-            spec["paths"] = {path[len(prefix):] or "/": item for path, item in spec.get("paths", {}).items()}
+            # Paths flasgger found in docstrings carry the prefixed rule; the prefix lives in `servers`.
+            spec["paths"] = {(path[len(prefix):] or "/") if path.startswith(prefix + "/") else path: item
+                             for path, item in spec.get("paths", {}).items()}
         add_live_names(spec, context.registry().snapshot.services)
         return jsonify(spec)
 

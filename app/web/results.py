@@ -1,4 +1,7 @@
-"""Routes for jobs' results."""
+"""Routes for jobs' results.
+
+The routes' OpenAPI contract is in document/swagger_llm_gateway.yml.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
@@ -14,27 +17,7 @@ bp = Blueprint("results", __name__)
 
 @bp.get("/results/<job_id>")
 def get_result(job_id: str):
-    """A job's status, progress and, once complete, its summary.
-    ---
-    tags: [results]
-    parameters:
-      - {name: job_id, in: path, required: true, schema: {type: string}}
-    responses:
-      200:
-        description: >
-          The job has ended: `status` "complete" (`message` "success", `summarization`) or "error"
-          (`message` the reason; `state` says failed or cancelled).
-        content: {application/json: {schema: {$ref: '#/components/schemas/Result'}}}
-      202:
-        description: >
-          The job is "queued" (`message` "Processing 0%") or "processing" (`message` the percentage,
-          a number; human-readable news in `detail`; `partial` the report of the batches finished so
-          far, in transcript order).
-        content: {application/json: {schema: {$ref: '#/components/schemas/Result'}}}
-      404:
-        description: No such job (`status` "nojob", as the seed answered).
-        content: {application/json: {schema: {$ref: '#/components/schemas/NoJob'}}}
-    """
+    """A job's status, progress and, once complete, its summary."""
     store = context.store()
     job = store.get(job_id, full=False)     # polled often: no input, no checkpoint
     if job is None:
@@ -69,22 +52,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("/results")
 def list_results():
-    """List jobs, newest first.
-    ---
-    tags: [results]
-    parameters:
-      - {name: status, in: query, schema: {type: string, enum: [queued, processing, complete, error, failed, cancelled]}}
-      - {name: service, in: query, schema: {type: string}}
-      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
-      - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
-    responses:
-      200:
-        description: A page of jobs (without their summaries) and the total count.
-        content: {application/json: {schema: {$ref: '#/components/schemas/ResultList'}}}
-      400:
-        description: Invalid filter.
-        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
-    """
+    """List jobs, newest first."""
     status = _single_arg("status") or None
     words = [s.value for s in JobStatus] + [ERROR]
     if status is not None and status not in words:
@@ -104,19 +72,7 @@ def list_results():
 
 @bp.delete("/results/<job_id>")
 def delete_result(job_id: str):
-    """Cancel a queued or running job, or delete a finished one.
-    ---
-    tags: [results]
-    parameters:
-      - {name: job_id, in: path, required: true, schema: {type: string}}
-    responses:
-      200:
-        description: What was done (cancelled, cancelling, deleted).
-        content: {application/json: {schema: {$ref: '#/components/schemas/Deleted'}}}
-      404:
-        description: No such job.
-        content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}
-    """
+    """Cancel a queued or running job, or delete a finished one."""
     outcome = context.store().cancel(job_id)
     if outcome is None:
         raise ApiError(404, f"No job with id '{job_id}'.")

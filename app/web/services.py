@@ -1,4 +1,7 @@
-"""Routes for the services: list them, show one, submit a transcript to one."""
+"""Routes for the services: list them, show one, submit a transcript to one.
+
+The routes' OpenAPI contract is in document/swagger_llm_gateway.yml.
+"""
 from __future__ import annotations
 
 import json
@@ -19,42 +22,14 @@ def service_view(service) -> dict:
 
 @bp.get("/services")
 def list_services():
-    """List the loaded services: a JSON array of their manifests, as the seed answered.
-    ---
-    tags: [services]
-    responses:
-      200:
-        description: >
-          The loaded manifests as written, sorted by name (LinTO Studio iterates over this array).
-          Manifest files that failed to load are not services: GET /health lists them under
-          `registry.errors`.
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/ServiceList'}
-    """
+    """List the loaded services: a JSON array of their manifests, as the seed answered."""
     snapshot = context.registry().snapshot
     return jsonify([service_view(s) for _, s in sorted(snapshot.services.items())])
 
 
 @bp.get("/services/<name>")
 def get_service(name: str):
-    """Show one service's manifest.
-    ---
-    tags: [services]
-    parameters:
-      - {name: name, in: path, required: true, schema: {$ref: '#/components/schemas/ServiceName'}}
-    responses:
-      200:
-        description: The service's manifest.
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Service'}
-      404:
-        description: No such service.
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Error'}
-    """
+    """Show one service's manifest."""
     service = context.registry().get(name)
     if service is None:
         raise ApiError(404, f"No service called '{name}'.")
@@ -114,31 +89,7 @@ def _read_submission() -> dict:
 
 @bp.post("/services/<name>/generate")
 def generate(name: str):
-    """Queue a transcript for summarization by a service.
-    ---
-    tags: [services]
-    parameters:
-      - {name: name, in: path, required: true, schema: {$ref: '#/components/schemas/ServiceName'}}
-    requestBody:
-      required: true
-      content:
-        multipart/form-data:
-          schema: {$ref: '#/components/schemas/GenerateForm'}
-        application/json:
-          schema: {$ref: '#/components/schemas/GenerateJson'}
-    responses:
-      202:
-        description: The job is queued; poll the Location.
-        headers:
-          Location: {description: URL of the job's result, schema: {type: string}}
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Accepted'}
-      400: {description: Invalid input., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
-      404: {description: Unknown service or flavor., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
-      413: {description: Upload too large., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
-      415: {description: Unsupported content type., content: {application/json: {schema: {$ref: '#/components/schemas/Error'}}}}
-    """
+    """Queue a transcript for summarization by a service."""
     values = _read_submission()
     temperature = _number("temperature", values["temperature"])
     top_p = _number("top_p", values["top_p"])
