@@ -53,11 +53,13 @@ class Settings:
     broker_url: str = _setting("--broker_url", "BROKER_URL", "", "Celery broker, e.g. redis://host:6379/0: jobs go to `python3 -m app worker` processes instead of the local runner.")
     visibility_timeout: int = _setting("--visibility_timeout", "VISIBILITY_TIMEOUT", 300, "Seconds before the broker hands a job nobody acknowledged (its worker died) to another worker.", int)
     job_lease: int = _setting("--job_lease", "JOB_LEASE", 60, "Seconds without a sign of life from its worker after which a processing job may be taken over.", int)
+    checkpoint_interval: float = _setting("--checkpoint_interval", "CHECKPOINT_INTERVAL", 0.25, "Fewest seconds between two checkpoint writes of a job (0: after every batch). A job that stops writes its newest one at once; a kill -9 re-sends the batches finished in at most this many seconds.", float)
 
     def __post_init__(self) -> None:
         for name, low in (("service_port", 0), ("workers", 1), ("timeout", 1), ("max_concurrent_jobs", 1),
                           ("engine_concurrency", 1), ("engine_timeout", 1), ("engine_retries", 0), ("engine_job_retries", 0), ("max_upload_mb", 1),
-                          ("max_streams", 1), ("visibility_timeout", 2), ("job_lease", 1)):
+                          ("max_streams", 1), ("visibility_timeout", 2), ("job_lease", 1),
+                          ("checkpoint_interval", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
         if self.log_format not in ("text", "json"):

@@ -196,7 +196,9 @@ def test_a_silent_runner_loses_its_job_to_another_that_resumes_it(setup, fake_en
 
     text = "\n".join(f"Orateur {i % 3} : intervention {i}" for i in range(30))  # 10 batches of 3
     job_id = store.create_job(service="roll", flavor="f", input_text=text)
-    frozen_runner = make_runner.another(runner, summarize_fn=freezing_summarize)
+    # Every batch written (interval 0): the freeze must find A's two batches stored, as a checkpoint
+    # throttled for a fast engine would still hold them back (the subject here is the takeover).
+    frozen_runner = make_runner.another(runner, summarize_fn=freezing_summarize, checkpoint_interval=0)
     taker = make_runner.another(runner, max_concurrent_jobs=1)
     try:
         assert frozen_runner.tick() == 1

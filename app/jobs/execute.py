@@ -9,11 +9,16 @@ for the user and never stops its driver.
 
 Every write names the job's owner: if another worker took the job over (this one went silent
 past its lease), the store refuses them and this run just ends.
+
+Checkpoints are written at most once per `checkpoint_interval` (see `CheckpointWriter`): with a
+fast engine a commit per batch costs more bytes than the batches themselves; the newest state
+waits and is written whenever the run stops, so only a kill -9 loses it.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Callable
@@ -44,6 +49,49 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"    # stopped on request
     REQUEUED = "requeued"      # stopped by a shutdown: queued again, it resumes at its checkpoint
     LOST = "lost"              # no longer held by this run (taken over elsewhere): nothing was stored
+
+
+class CheckpointWriter:
+    """One run's checkpoint writes, at most one per `interval` seconds; the newest state waits.
+
+    A state the pipeline hands over says how much of the *previous state* it keeps (`kept` of
+    its `grows` key). When states are held back, the store still holds the last one *written*,
+    so what a write may keep is the least `kept` of every state since then: each state shares
+    only that prefix with its predecessor, hence with the written one. `flush()` writes the
+    waiting state; it is called whenever the run stops, so a held-back state is lost only when
+    the process dies (a kill -9 re-sends the batches of at most one interval).
+    Thread-safe: a shutdown may flush a run still blocked in an engine call.
+    """
+
+    def __init__(self, store: JobStore, job: Job, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.store, self.job, self.interval, self.clock = store, job, interval, clock
+        self.written = clock()       # the claim has just written the job's row
+        self._pending: tuple[int, dict, str | None, int] | None = None
+        self._lock = threading.Lock()
+
+    def save(self, progress: int, state: dict) -> None:
+        grows, kept = getattr(state, "grows", None), getattr(state, "kept", 0)
+        with self._lock:
+            if self._pending is not None:
+                _, _, pending_grows, pending_kept = self._pending
+                # What the store holds is older than the pending state: keep only what all share.
+                kept = min(kept, pending_kept) if pending_grows == grows else 0
+            self._pending = (progress, state, grows, kept)
+            due = self.interval <= 0 or self.clock() - self.written >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the waiting state, if any (refused by the store if the job is no longer held)."""
+        with self._lock:
+            if self._pending is None:
+                return
+            progress, state, grows, kept = self._pending
+            self._pending = None
+            # Under the lock: two flushes must not write out of order.
+            self.store.save_progress(self.job.id, progress, state, "processing", owner=self.job.owner,
+                                     grows=grows, kept=kept)
+            self.written = self.clock()
 
 
 class JobFailed(Exception):
@@ -106,22 +154,37 @@ class JobExecutor:
         self.registry = registry
         self.summarize_fn = summarize_fn
         self.stopping = stopping or threading.Event()
+        self._writers: dict[str, CheckpointWriter] = {}    # job id → its running run's writer
+
+    def writer(self, job: Job) -> CheckpointWriter:
+        """The checkpoint writer of one run of a job."""
+        return CheckpointWriter(self.store, job, self.settings.checkpoint_interval)
 
     def execute(self, job: Job) -> Outcome:
         """Run one claimed job to its end: complete, failed, cancelled, or back in the queue."""
         with job_context(job.id):       # every line logged for this job, in any thread, carries its id
+            writer = self._writers[job.id] = self.writer(job)
             try:
-                plan = Plan.resolve(self.registry, job)
-                result = self._summarize(job, plan)
-            except JobInterrupted:
-                return self.interrupted(job.id, job.owner)
-            except (JobFailed, EngineError, TranscriptError, ManifestError, BudgetError) as exc:
-                return self._failed(job, str(exc), getattr(exc, "usage", None))
-            except Exception as exc:  # a bug in one job must not stop its driver
-                log.exception("runner: job %s failed unexpectedly", job.id)
-                stored = self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}", owner=job.owner)
-                return Outcome.FAILED if stored else Outcome.LOST
-            return self._completed(job, result)
+                return self._execute(job)
+            finally:
+                if self._writers.get(job.id) is writer:
+                    del self._writers[job.id]
+
+    def _execute(self, job: Job) -> Outcome:
+        # Every way out of the pipeline has flushed the job's waiting checkpoint (_run) before
+        # its outcome is written here.
+        try:
+            plan = Plan.resolve(self.registry, job)
+            result = self._summarize(job, plan)
+        except JobInterrupted:
+            return self.interrupted(job.id, job.owner)
+        except (JobFailed, EngineError, TranscriptError, ManifestError, BudgetError) as exc:
+            return self._failed(job, str(exc), getattr(exc, "usage", None))
+        except Exception as exc:  # a bug in one job must not stop its driver
+            log.exception("runner: job %s failed unexpectedly", job.id)
+            stored = self.store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}", owner=job.owner)
+            return Outcome.FAILED if stored else Outcome.LOST
+        return self._completed(job, result)
 
     # -- the outcomes ---------------------------------------------------------------
     def _completed(self, job: Job, result) -> Outcome:
@@ -133,6 +196,10 @@ class JobExecutor:
 
     def interrupted(self, job_id: str, owner: str | None) -> Outcome:
         """A job stopped before its end (a cancel, a shutdown, a takeover): record why."""
+        writer = self._writers.get(job_id)
+        if writer is not None:
+            # A shutdown may give up on a run still in an engine call: what it finished is kept.
+            writer.flush()
         if self.store.cancel_requested(job_id):
             # Queued again it would never run (a job asked to cancel is not claimed) nor end.
             self.store.mark_cancelled(job_id, owner=owner)
@@ -197,18 +264,26 @@ class JobExecutor:
             retry_policy=RetryPolicy(max_retries=self.settings.engine_retries,
                                      base_delay=self.settings.engine_retry_delay),
             job_retries=self.settings.engine_job_retries)
-        hooks = Hooks(on_checkpoint=lambda progress, state: self._save_checkpoint(job, progress, state),
+        # Checkpoints append only what they add to the last one (summarize's Checkpoint), at most
+        # once per interval (CheckpointWriter): both keep the bytes written near the input's size.
+        writer = self._writers[job.id]
+        hooks = Hooks(on_checkpoint=writer.save,
                       on_message=lambda message: self.store.set_message(job.id, message, owner=job.owner),
                       should_stop=lambda: self._should_stop(job))
-        # The one call of the pipeline in the gateway.
-        return self.summarize_fn(turns, request, engine=engine, tokenizer=tokenizer, hooks=hooks, checkpoint=checkpoint)
-
-    def _save_checkpoint(self, job: Job, progress: int, state: dict) -> None:
-        """Save a checkpoint, appending only what it adds to the last one when it says so
-        (summarize's Checkpoint): rewriting the whole summary so far at every batch makes the
-        bytes written grow with the square of the job."""
-        self.store.save_progress(job.id, progress, state, "processing", owner=job.owner,
-                                 grows=getattr(state, "grows", None), kept=getattr(state, "kept", 0))
+        try:
+            # The one call of the pipeline in the gateway.
+            result = self.summarize_fn(turns, request, engine=engine, tokenizer=tokenizer, hooks=hooks,
+                                       checkpoint=checkpoint)
+        except BaseException:
+            # Stopped, failed, or off to the fallback flavor (which resumes from the stored
+            # checkpoint): the waiting state is stored first. A failing flush must not hide why.
+            try:
+                writer.flush()
+            except Exception:
+                log.exception("runner: job %s: its last checkpoint could not be saved", job.id)
+            raise
+        writer.flush()
+        return result
 
     def _should_stop(self, job: Job) -> bool:
         """Checked between batches: a shutdown, a cancel, or the job taken over elsewhere."""
