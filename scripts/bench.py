@@ -25,6 +25,9 @@ busy machine moves both. The table gives each figure, its target and pass/fail.
 | P4 | engine calls for tests/data/fr/fr_medium_an_qag_2013-02-12.txt with the seed's cra settings; every turn sent once, in order, with its speaker | <= 50 |
 | P5 | GET /results/<id> vs a bare Flask+SQLite endpoint reading one row, while 8 jobs run (wrk, 8 connections): requests per server CPU-second, gateway / bare; the raw requests/s ratio is shown too (on a shared machine it follows the neighbours' load) | >= 0.7, p99 < 50 ms |
 | P6 | a fields:1 job's wall time / (ceil(batches / capacity 4) x per-call engine time), default settings | <= 1.2 |
+| P7 | a cra job with contextSource "transcript" on fr_medium: wall time / (ceil(batches / capacity 64) x per-call engine time), the flavor's maxConcurrentRequests 64 (what ENGINE_CONCURRENCY=64 gives every flavor) | <= 1.3 |
+| P8 | that job's wall time / the same transcript's rolling-summary job (contextSource "summary") on the same engine | <= 0.1 |
+| P9 | that job's time from submission to the first `partial` of GET /results/<id> / one call's engine time | <= 1.5 |
 | H1 | plan time (parse + plan_batches) of a 1 MB spaceless line / one raw tokenizer pass over it | <= 5 |
 | H2 | bytes written to the store per job / input size: a 2.5 MB, 200k-line cra job (fields 2) | <= 5 |
 """
@@ -88,21 +91,23 @@ class Sizes:
     h1_repeats: int
     h2_lines: int               # H2: lines of the generated transcript (12.5 bytes each)
     h2_base_ms: float           # H2: engine cost per call (the case counts bytes, not time)
+    p7_base_ms: float           # P7-P9: engine cost per call (every answer p6_out_tokens long, 0 per token)
 
 
 FULL = Sizes(base_ms=150, per_token_ms=10, single_runs=2, p3_repeats=9, memory_mb=10,
              p5_base_ms=2000, p5_seconds=2, p5_rounds=10, p6_capacity=4, p6_out_tokens=40,
              p6_base_ms=800, job_timeout=240, h1_chars=1_000_000, h1_repeats=3, h2_lines=200_000,
-             h2_base_ms=5)
+             h2_base_ms=5, p7_base_ms=2000)
 # Smoke sizes only exercise every case (tests/test_bench_smoke.py): P5's rounds are half a second
 # (wrk's shortest run is 1 s) and the memory run a quarter of a MB.
 SMOKE = Sizes(base_ms=10, per_token_ms=0.2, single_runs=1, p3_repeats=3, memory_mb=0.25,
               p5_base_ms=150, p5_seconds=0.5, p5_rounds=1, p6_capacity=4, p6_out_tokens=10,
               p6_base_ms=20, job_timeout=60, h1_chars=100_000, h1_repeats=1, h2_lines=20_000,
-             h2_base_ms=1)
+             h2_base_ms=1, p7_base_ms=300)
 
 
-CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "H1", "H2")
+CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "H1", "H2")
+P7_CAPACITY = 64             # engine capacity and the transcript-context flavor's maxConcurrentRequests
 WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
         "P2": ("1 job wall / engine time of its sequential calls", "<= 1.05"),
         "P3": ("parse+chunk+plan of the largest transcript / raw tokenizer pass", "<= 2.0"),
@@ -110,6 +115,9 @@ WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
         "P5": ("GET /results/<id> requests per server CPU-second / bare Flask+SQLite, 8 jobs running",
                ">= 0.7, p99 < 50 ms"),
         "P6": ("fields:1 job wall / (ceil(batches/4) x per-call time)", "<= 1.2"),
+        "P7": ("cra contextSource transcript, fr_medium: wall / (ceil(batches/64) x per-call time)", "<= 1.3"),
+        "P8": ("that job's wall / the rolling-summary job's wall", "<= 0.1"),
+        "P9": ("that job's time to the first partial / one call's time", "<= 1.5"),
         "H1": ("plan time of a 1 MB spaceless line / raw tokenizer pass", "<= 5"),
         "H2": ("bytes written to the store per job / input size, 2.5 MB 200k-line cra job", "<= 5")}
 
@@ -384,11 +392,14 @@ def cpu_seconds(pids: list[int]) -> float:
 # --- the cases -------------------------------------------------------------------------------
 
 def write_services(folder: Path) -> None:
-    """cra (fields 2) and cred (fields 1) with the shipped templates and the seed's cra settings."""
+    """cra (fields 2) and cred (fields 1) with the shipped templates and the seed's cra settings;
+    cra also has "fast": the same with the transcript as context and 64 calls in flight (P7-P9)."""
     folder.mkdir(parents=True, exist_ok=True)
+    fast = {**SEED_FLAVOR, "name": "fast", "contextSource": "transcript", "maxConcurrentRequests": P7_CAPACITY}
     for name, fields in (("cra", 2), ("cred", 1)):
+        flavors = [dict(SEED_FLAVOR)] + ([fast] if fields == 2 else [])
         manifest = {"type": "summary", "fields": fields, "name": name, "description": {"en": "benchmark"},
-                    "backend": "vLLM", "flavor": [dict(SEED_FLAVOR)]}
+                    "backend": "vLLM", "flavor": flavors}
         (folder / f"{name}.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         shutil.copyfile(ROOT / "services" / f"{name}.txt", folder / f"{name}.txt")
 
@@ -442,6 +453,7 @@ class Bench:
         self.engine: FakeEngineProcess | None = None
         self.gateway: Gateway | None = None
         self.single: list[dict] = []        # results of the single-job runs (P2, P4, P1's baseline)
+        self.context: dict[str, Any] = {}   # the transcript-context and rolling-summary jobs (P7-P9)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -466,9 +478,9 @@ class Bench:
         if self.engine:
             self.engine.stop()
 
-    def run_job(self, service: str, path: Path, timeout: float | None = None) -> dict:
+    def run_job(self, service: str, path: Path, timeout: float | None = None, flavor: str = "seed") -> dict:
         """Submit one job and wait for it (`job_timeout` unless said); its final result."""
-        job_id = self.gateway.submit(service, str(path), flavor="seed")
+        job_id = self.gateway.submit(service, str(path), flavor=flavor)
         return wait_jobs(self.gateway, [job_id], timeout or self.sizes.job_timeout)[0]
 
     # -- P2 + P4 (one job alone), also P1's baseline ---------------------------------------
@@ -555,6 +567,61 @@ class Bench:
                       f"wall {wall:.2f} s vs ideal {ideal:.2f} s")
         return row
 
+    # -- P7, P8, P9 (one transcript-context job, one rolling-summary job) ------------------
+
+    def run_context_jobs(self) -> None:
+        """fr_medium through cra "fast" (contextSource transcript), its GET /results/<id> polled
+        for the first `partial`; then through cra "seed" (the rolling summary), same engine."""
+        set_engine(self.engine, P7_CAPACITY, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
+        job_id = self.gateway.submit("cra", str(FR_MEDIUM), flavor="fast")
+        first_partial, polls, deadline = None, 0, time.monotonic() + self.sizes.job_timeout
+        while time.monotonic() < deadline:
+            body = self.gateway.result(job_id)
+            polls += 1
+            if first_partial is None and body.get("partial"):
+                first_partial = time.time() - body["createdAt"]     # the gateway's clock is ours
+            if body["status"] not in ("queued", "processing"):
+                break
+            time.sleep(0.01)
+        fast = wait_jobs(self.gateway, [job_id], self.sizes.job_timeout)[0]
+        calls, most = engine_calls(self.engine, prompts=True)
+        prompts = [c.get("prompt", "") for c in calls]
+        self.context = {"wall": job_wall(fast), "calls": len(calls), "distinct": len(set(prompts)), "most": most,
+                        "per_call": statistics.mean(c["engine_s"] for c in calls), "polls": polls,
+                        "first_partial": first_partial, "lines": len(fast["summarization"].splitlines())}
+        set_engine(self.engine, P7_CAPACITY, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
+        rolling = self.run_job("cra", FR_MEDIUM)
+        rolling_calls, _ = engine_calls(self.engine)
+        self.context.update(rolling_wall=job_wall(rolling), rolling_calls=len(rolling_calls))
+        log(f"transcript context: wall {self.context['wall']:.2f} s over {len(calls)} calls; rolling summary: "
+            f"wall {self.context['rolling_wall']:.2f} s over {len(rolling_calls)} calls")
+
+    def p7(self) -> Row:
+        row, c = Row.of("P7"), self.context
+        ideal = math.ceil(c["calls"] / P7_CAPACITY) * c["per_call"]
+        row.judge(c["wall"] / ideal, c["distinct"] == c["calls"])
+        row.detail = (f"fr_medium, cra fast: {c['calls']} batches ({c['distinct']} distinct prompts: each sent "
+                      f"once), engine capacity {P7_CAPACITY} (served up to {c['most']} at once), "
+                      f"{c['per_call'] * 1000:.0f} ms per call: wall {c['wall']:.2f} s vs ideal {ideal:.2f} s")
+        return row
+
+    def p8(self) -> Row:
+        row, c = Row.of("P8"), self.context
+        row.judge(c["wall"] / c["rolling_wall"])
+        row.detail = (f"transcript context {c['wall']:.2f} s ({c['calls']} calls at once) vs rolling summary "
+                      f"{c['rolling_wall']:.2f} s ({c['rolling_calls']} calls one after the other)")
+        return row
+
+    def p9(self) -> Row:
+        row, c = Row.of("P9"), self.context
+        if c["first_partial"] is None:
+            raise RuntimeError(f"no partial report seen in {c['polls']} polls")
+        row.judge(c["first_partial"] / c["per_call"])
+        row.detail = (f"first partial {c['first_partial']:.2f} s after submission (polled every 10 ms, "
+                      f"{c['polls']} polls), one call {c['per_call']:.2f} s; the final report has "
+                      f"{c['lines']} lines")
+        return row
+
     # -- H2 ------------------------------------------------------------------------------
 
     def h2(self) -> Row:
@@ -578,7 +645,7 @@ class Bench:
         written = io_written(pids) - before
         calls = len(engine_calls(self.engine)[0])
         row.judge(written / size)
-        row.detail = (f"{self.sizes.h2_lines:,} lines, {size / 2**20:.2f} MB, {calls} batches (checkpoints), "
+        row.detail = (f"{self.sizes.h2_lines:,} lines, {size / 2**20:.2f} MB, {calls} batches, "
                       f"wall {job_wall(result):.1f} s: {written / 2**20:.1f} MB written by the gateway's "
                       f"processes (wchar); database + WAL files grew by "
                       f"{(store_file_bytes(self.gateway.db_path) - db_before) / 2**20:.1f} MB")
@@ -966,7 +1033,8 @@ def run(args) -> int:
     print(f"# machine: {machine()}")
     print(f"# engine model: {sizes.base_ms:g} ms per call + {sizes.per_token_ms:g} ms per output token; "
           f"P5 calls {sizes.p5_base_ms:g} ms; P6 {sizes.p6_base_ms:g} ms + 0 per token, "
-          f"{sizes.p6_out_tokens} tokens, capacity {sizes.p6_capacity}", flush=True)
+          f"{sizes.p6_out_tokens} tokens, capacity {sizes.p6_capacity}; P7-P9 {sizes.p7_base_ms:g} ms + 0 per "
+          f"token, {sizes.p6_out_tokens} tokens, capacity {P7_CAPACITY}", flush=True)
     rows: dict[str, Row] = {}
     crashed = False
 
@@ -985,7 +1053,7 @@ def run(args) -> int:
 
     attempt("P3", lambda: Bench(sizes, args.smoke, profile_dir, Path(".")).p3())
     attempt("H1", lambda: h1(sizes))
-    if any(c in wanted for c in ("P1", "P2", "P4", "P5", "P6", "H2")):
+    if any(c in wanted for c in ("P1", "P2", "P4", "P5", "P6", "P7", "P8", "P9", "H2")):
         with tempfile.TemporaryDirectory(prefix="llm-gateway-bench-") as tmp:
             bench = Bench(sizes, args.smoke, profile_dir, Path(tmp))
             try:
@@ -996,6 +1064,11 @@ def run(args) -> int:
                 attempt("P4", bench.p4)
                 attempt("P1", bench.p1)
                 attempt("P6", bench.p6)
+                if any(c in wanted for c in ("P7", "P8", "P9")):
+                    bench.run_context_jobs()
+                attempt("P7", bench.p7)
+                attempt("P8", bench.p8)
+                attempt("P9", bench.p9)
                 attempt("H2", bench.h2)
                 if "P5" in wanted:
                     bench.engine.wait_idle()

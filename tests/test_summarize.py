@@ -526,8 +526,8 @@ def test_echoed_template_lines_are_dropped(fake_engine):
     assert clean_output(f"{instruction}\nAlice : bonjour\nNouvelles interventions à résumer :", template) \
         == ["Alice : bonjour"]
     # Seen from SmolLM2-135M: a template line with a letter changed, and one line repeated.
-    mangled = "Fin du compte rendu déjà rédigé (pour la continuité, ne le répère pas) :"
-    assert mangled not in template and mangled.replace("répère", "répète") in template
+    mangled = "Ce qui précède (pour la continuité seulement ; ne le résumé pas de nouveau) :"
+    assert mangled not in template and mangled.replace("résumé pas", "résume pas") in template
     assert clean_output(f"{mangled}\nAlice : bonjour\nAlice : bonjour\nBob : merci\nAlice : bonjour", template) \
         == ["Alice : bonjour", "Bob : merci", "Alice : bonjour"]
     assert clean_output("Alice : Tu rédiges le compte rendu analytique d'une réunion.", template) \

@@ -2,7 +2,8 @@
 from one without sending finished batches again.
 
 fields == 2 saves the summary so far ("lines") and how many virtual turns it covers ("done");
-fields == 1 saves each finished batch's lines by its first virtual turn ("outputs"). Both name
+fields == 1, and fields == 2 with the transcript as context ("context": "transcript"), save each
+finished batch's lines by its first virtual turn ("outputs"), in the order they finish. Both name
 the plan they count in ("total" virtual turns, and their fingerprint "turns").
 """
 from __future__ import annotations
@@ -33,9 +34,16 @@ def resume_state(run: Run, checkpoint: dict | None) -> dict[str, Any]:
     """The state to start from: the checkpoint if it belongs to this plan, else fresh."""
     fresh = {"version": CHECKPOINT_VERSION, "fields": run.request.fields, "total": run.total,
              "turns": run.turns_digest}
+    # The transcript as context keeps "outputs" by batch, the summary as context "lines": a
+    # fallback flavor with the other contextSource cannot resume the other's checkpoint. Only
+    # the new kind is marked, so checkpoints written before the key existed still resume.
+    context = run.request.flavor.context_source if run.request.fields == 2 else "summary"
+    if context != "summary":
+        fresh["context"] = context
     if not checkpoint:
         return fresh
-    if any(checkpoint.get(key) != value for key, value in fresh.items()):
+    if (any(checkpoint.get(key) != value for key, value in fresh.items())
+            or checkpoint.get("context", "summary") != context):
         run.post("the saved progress does not match this transcript as this flavor cuts it; starting over")
         return fresh
     run.carry_over(checkpoint.get("usage") or {}, checkpoint.get("warnings") or [])

@@ -48,11 +48,22 @@ def fill_template(template: str, values: Sequence[str]) -> str:
     return "".join(out)
 
 
+_JOIN_ALLOWANCE = 2    # tokens a join between two rendered turns costs with the tokenizers we know
+
+
 def default_context_reserve(flavor) -> int:
-    """Tokens kept for the previous summary lines: one virtual turn's worth per summary line."""
+    """Tokens kept for the context: one virtual turn's worth per summary line or previous turn.
+
+    A previous turn's rendered line is at most createNewTurnAfter tokens (virtual turns are cut
+    there), so with contextSource "transcript" the reserve also pays the joins between them (a
+    newline and how the next line starts): previous turns of full length then fit whole. What
+    still passes the budget is cut from the context by prompts.turns_prompt, never sent."""
     if flavor.summary_turns <= 0:
         return 0
-    return flavor.summary_turns * flavor.create_new_turn_after
+    per_turn = flavor.create_new_turn_after
+    if flavor.context_source == "transcript":
+        per_turn += _JOIN_ALLOWANCE
+    return flavor.summary_turns * per_turn
 
 
 # --- virtual turns -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-from app.pipeline import prompts
+from app.pipeline import chunking, prompts
 from app.pipeline.calls import call, cut_at
 from app.pipeline.engine import ContextOverflowError
 from app.pipeline.output import clean_output
@@ -57,8 +57,12 @@ def _summarize_halves(run: Run, start: int, halves: tuple[Sequence[Turn], Sequen
                       prior: list[str] | None, on_half: OnHalf | None) -> list[str]:
     first, second = halves
     out = summarize_turns(run, start, first, prior, on_half)
-    # With fields == 2 the second half's context is the summary including the first half.
-    after = (prior or []) + out if run.request.fields == 2 else prior
+    # With fields == 2 the second half's context is the summary including the first half, or
+    # with the transcript as context, the turns before it: the first half's own.
+    if prompts.uses_transcript_context(run.request):
+        after = (prior or []) + [chunking.render_turn(t) for t in first]
+    else:
+        after = (prior or []) + out if run.request.fields == 2 else prior
     # A batch whose answers keep being cut can take many calls (a small model rambling to
     # maxGenerationLength): save the half that is done, and honour a stop or cancel here
     # rather than at the end of the whole batch.

@@ -11,8 +11,9 @@ from app.pipeline.transcript import Turn
 
 def turns_prompt(request: SummaryRequest, tokenizer, reserve: int, turns: Sequence[Turn],
                  prior: list[str] | None) -> str:
-    """The prompt of these turns; with 2 fields, after the end of the summary so far (`prior`),
-    given up to `reserve` tokens."""
+    """The prompt of these turns; with 2 fields, after the context (`prior`) given up to `reserve`
+    tokens: the end of the summary so far, or with contextSource "transcript" the rendered turns
+    before these (transcript_before). Either is a list whose last summaryTurns items are kept."""
     new_turns = "\n".join(chunking.render_turn(t) for t in turns)
     if request.fields == 1:
         return chunking.fill_template(request.template, [new_turns])
@@ -33,7 +34,8 @@ def turns_prompt(request: SummaryRequest, tokenizer, reserve: int, turns: Sequen
 
 
 def summary_tail(lines: list[str], reserve: int, keep: int, tokenizer) -> str:
-    """The last `keep` (summaryTurns) lines of the summary, trimmed from the start to `reserve` tokens."""
+    """The last `keep` (summaryTurns) lines of the summary (or rendered previous turns), trimmed
+    from the start to `reserve` tokens."""
     if keep <= 0 or not lines or reserve <= 0:
         return ""
     tail = lines[-keep:]
@@ -43,6 +45,21 @@ def summary_tail(lines: list[str], reserve: int, keep: int, tokenizer) -> str:
     if tokenizer.count(text) > reserve:
         text = _keep_end(text, reserve, tokenizer)
     return text
+
+
+def uses_transcript_context(request: SummaryRequest) -> bool:
+    """Whether a 2-field template's context is the previous turns of the transcript: then every
+    batch's prompt is known before any answer, and batches need not wait for each other."""
+    return request.fields == 2 and request.flavor.context_source == "transcript"
+
+
+def transcript_before(turns: Sequence[Turn], start: int, keep: int) -> list[str]:
+    """The rendered last `keep` turns before virtual turn `start` of `turns` (all the virtual
+    turns of the plan): a batch's context that depends on the plan alone, so a resumed job sends
+    the very same prompts."""
+    if keep <= 0:
+        return []
+    return [chunking.render_turn(t) for t in turns[max(0, start - keep):start]]
 
 
 def _keep_end(text: str, max_tokens: int, tokenizer) -> str:

@@ -13,7 +13,8 @@ from app.services.manifests import Flavor
 @dataclass(frozen=True)
 class SummaryRequest:
     """How to summarize: the template and its number of fields (1 or 2), the flavor and sampling,
-    the reduce template, how many calls may be in flight (fields == 1), and the retry budgets."""
+    the reduce template, how many calls may be in flight (fields == 1, or the transcript as
+    context: flavor.context_source), and the retry budgets."""
 
     template: str
     fields: int

@@ -1,6 +1,8 @@
 """The order batches run in. fields == 2: one after the other, each prompt carrying the end of
-the summary so far for continuity. fields == 1: independent batches run concurrently, their
-outputs kept in transcript order. Either way a checkpoint is saved after every batch."""
+the summary so far for continuity. fields == 1, or fields == 2 with contextSource "transcript"
+(the context is the turns before the batch, known from the plan): independent batches run
+concurrently, their outputs kept in transcript order. Either way a checkpoint is saved after
+every batch."""
 from __future__ import annotations
 
 import contextvars
@@ -9,6 +11,7 @@ from typing import Any
 
 from app.pipeline.checkpoint import Checkpoint
 from app.pipeline.halving import summarize_turns
+from app.pipeline.prompts import transcript_before, uses_transcript_context
 from app.pipeline.run import Run
 
 _POLL_SECONDS = 0.5     # how often the concurrent loop looks at should_stop while waiting
@@ -40,8 +43,18 @@ def in_order(run: Run, batches, state: dict[str, Any]) -> list[str]:
 
 
 def concurrently(run: Run, batches, state: dict[str, Any]) -> list[str]:
-    """fields == 1: independent batches, up to the request's concurrency in flight, kept in order."""
+    """Independent batches (fields == 1, or the transcript as context), up to the request's
+    concurrency in flight, kept in order."""
     concurrency = max(1, run.request.concurrency)
+    if uses_transcript_context(run.request):
+        every_turn = [turn for batch in batches for turn in batch.turns]
+        keep = run.request.flavor.summary_turns
+
+        def context(batch) -> list[str] | None:
+            return transcript_before(every_turn, batch.start, keep)
+    else:
+        def context(batch) -> list[str] | None:
+            return None
     saved = state.get("outputs", {})
     sizes = {b.start: len(b.turns) for b in batches}
     # An output is reused only if a batch with the same start and size still exists.
@@ -61,7 +74,7 @@ def concurrently(run: Run, batches, state: dict[str, Any]) -> list[str]:
                 batch = todo.pop(0)
                 # A copy of the context per batch: its log lines carry the job id.
                 in_flight[pool.submit(contextvars.copy_context().run, summarize_turns,
-                                      run, batch.start, batch.turns, None)] = batch
+                                      run, batch.start, batch.turns, context(batch))] = batch
             finished, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
             run.deliver_messages()
             for future in finished:

@@ -2,7 +2,8 @@
 
 summarize() runs named stages over one Run (app/pipeline/run.py): plan the batches (chunking),
 resume from the checkpoint (checkpoint), summarize the batches in order or concurrently
-(schedules, each batch halved as needed: halving), reduce (reduce), consolidate (output).
+(schedules: concurrently for fields 1 and for contextSource "transcript"; each batch halved as
+needed: halving), reduce (reduce), consolidate (output).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.pipeline import chunking, schedules
 from app.pipeline.checkpoint import Checkpoint, digest_turns, partial_lines, resume_state
 from app.pipeline.engine import EngineClient, EngineError
 from app.pipeline.output import clean_output, consolidate
+from app.pipeline.prompts import uses_transcript_context
 from app.pipeline.reduce import reduce_summary
 from app.pipeline.request import Hooks, SummaryRequest
 from app.pipeline.run import JobInterrupted, Run
@@ -51,7 +53,7 @@ def summarize(turns: Sequence[Turn], request: SummaryRequest, *, engine: EngineC
               total=sum(len(b.turns) for b in batches), turns_digest=digest_turns(batches))
     state = resume_state(run, checkpoint)
     try:
-        if request.fields == 2:
+        if request.fields == 2 and not uses_transcript_context(request):
             lines = schedules.in_order(run, batches, state)
         else:
             lines = schedules.concurrently(run, batches, state)

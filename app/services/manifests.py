@@ -37,6 +37,9 @@ class Flavor:
     api_key_env: str | None = None           # "apiKeyEnv": env var holding that engine's key
     max_concurrent_requests: int | None = None  # "maxConcurrentRequests"
     fallback_flavor: str | None = None       # "fallbackFlavor"
+    # "contextSource" (fields 2): what the first {} holds. "summary": the end of the summary so far,
+    # so batches run one after the other; "transcript": the turns before the batch, so they don't wait.
+    context_source: str = "summary"
 
     def engine(self, settings) -> tuple[str, str]:
         """(api_base, api_key) this flavor's calls go to: its `apiBase` and the key in the variable
@@ -112,7 +115,9 @@ FLAVOR_KEYS: dict[str, tuple[str, tuple[type, ...], bool]] = {
     "apiKeyEnv": ("api_key_env", (str,), False),
     "maxConcurrentRequests": ("max_concurrent_requests", (int,), False),
     "fallbackFlavor": ("fallback_flavor", (str,), False),
+    "contextSource": ("context_source", (str,), False),
 }
+CONTEXT_SOURCES = ("summary", "transcript")
 
 
 def _refuse_special_file(info: os.stat_result, what: str) -> None:
@@ -249,6 +254,8 @@ def parse_flavor(data: Any, index: int, folder: str) -> Flavor:
         raise ManifestError(f"{where}: 'top_p' must be greater than 0 and at most 1")
     if flavor.max_concurrent_requests is not None and flavor.max_concurrent_requests <= 0:
         raise ManifestError(f"{where}: 'maxConcurrentRequests' must be positive")
+    if flavor.context_source not in CONTEXT_SOURCES:
+        raise ManifestError(f"{where}: 'contextSource' must be one of {', '.join(CONTEXT_SOURCES)}")
     if flavor.reduce_summary and not flavor.reduce_prompt:
         raise ManifestError(f"{where}: 'reduceSummary' needs 'reduce_prompt' (a template file)")
     if flavor.reduce_prompt:
