@@ -379,7 +379,12 @@ def engine_command(kind: str, port: int, threads: int) -> list[str]:
                 "--model", hf_model_dir(), "--served-model-name", SERVED_MODEL_NAME,
                 "--host", "127.0.0.1", "--port", str(port),
                 "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager", "--seed", "0",
-                "--dtype", vllm_dtype(), "--generation-config", "vllm"]
+                "--dtype", vllm_dtype(), "--generation-config", "vllm",
+                # As docker-compose.yml: the prefix cache (on by default in 0.32.0, which supports
+                # it on x86 and ARM CPUs, not RISC-V) and the cached tokens in every answer's usage,
+                # which tests/e2e checks. Cache hits land on whole KV blocks (128 tokens by
+                # default on the CPU, at least 32): the e2e test reads the size from /metrics.
+                "--enable-prefix-caching", "--enable-prompt-tokens-details"]
     # -c is shared by the -np slots: LLAMACPP_SLOTS parallel requests of MAX_MODEL_LEN tokens each.
     return [llama_server_bin(), "-m", gguf_path(), "--alias", SERVED_MODEL_NAME,
             "--host", "127.0.0.1", "--port", str(port),

@@ -23,6 +23,11 @@ its own default tokenizer. The time is spent waiting, so the fake needs almost n
 
     python3 -m tests.fake_engine --delay 0.15 --token-delay 0.01 --max-in-flight 8 --tokenize none
 
+With `prefix_cache` (`--prefix-cache`), every answer's usage carries
+prompt_tokens_details.cached_tokens as vLLM's --enable-prompt-tokens-details does: here the
+length of the longest common token prefix with the previous prompt served (one cache entry,
+no blocks), so a test knows exactly what a prompt laid out for the cache should get.
+
 Tokens are whitespace-separated words, everywhere (usage, /tokenize, context checks), unless
 `encode` and `chat_template` are given (tests of the gateway's tokenizers count with a real one).
 The default completion echoes, for every line of the prompt's last section (text after the
@@ -132,6 +137,7 @@ class FakeEngine:
                  max_in_flight: int | None = None, words_per_line: int = 5,
                  max_model_len: int = 32768, models: tuple[str, ...] | None = None,
                  token_delay: float = 0.0, out_tokens: int | None = None, tokenize: str = "vllm",
+                 prefix_cache: bool = False,
                  encode: Callable[[str, bool], list[int]] = word_ids,
                  chat_template: Callable[[list[dict[str, Any]]], str] = chat_text):
         if tokenize not in TOKENIZE_APIS:
@@ -147,6 +153,8 @@ class FakeEngine:
         self.tokenize = tokenize              # the tokenize API served (TOKENIZE_APIS)
         self.encode = encode                  # (text, add special tokens) -> token ids
         self.chat_template = chat_template    # messages -> the text the model reads
+        self.prefix_cache = prefix_cache      # report usage.prompt_tokens_details.cached_tokens
+        self._last_prompt_ids: list[int] = []  # the previous prompt served: the "cache"
         self.reply: Callable[[str], str] | None = None   # custom completion: prompt -> text
         self.requests: list[dict[str, Any]] = []          # every request, in arrival order
         self.faults: deque[dict[str, Any]] = deque()      # consumed by the next chat calls
@@ -220,6 +228,7 @@ class FakeEngine:
             self.requests.clear()
             self.faults.clear()
             self.max_seen_in_flight = 0
+            self._last_prompt_ids = []
 
     def configure(self, **settings: Any) -> None:
         """Change settings while serving (CONTROL_SETTINGS); calls waiting for a slot see a new
@@ -237,6 +246,19 @@ class FakeEngine:
     def count(self, text: str) -> int:
         """Tokens of a text the model reads (words, without the cost of their ids by default)."""
         return count_tokens(text) if self.encode is word_ids else len(self.encode(text, True))
+
+    def cached_prefix(self, text: str) -> int:
+        """Tokens of `text` (what the model reads) shared from the start with the previous prompt
+        served; `text` then becomes the previous prompt."""
+        ids = self.encode(text, True)
+        with self.lock:
+            previous, self._last_prompt_ids = self._last_prompt_ids, ids
+        shared = 0
+        for mine, theirs in zip(ids, previous):
+            if mine != theirs:
+                break
+            shared += 1
+        return shared
 
     def _next_fault(self) -> dict[str, Any] | None:
         with self.lock:
@@ -267,7 +289,8 @@ class FakeEngine:
 
 
 # What POST /_control may change while the fake runs (FakeEngine.configure).
-CONTROL_SETTINGS = ("delay", "token_delay", "max_in_flight", "words_per_line", "out_tokens", "max_model_len")
+CONTROL_SETTINGS = ("delay", "token_delay", "max_in_flight", "words_per_line", "out_tokens", "max_model_len",
+                    "prefix_cache")
 
 
 class _Server(ThreadingHTTPServer):
@@ -389,6 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             "max_tokens": body.get("max_tokens"),
             "authorization": self.headers.get("Authorization"),
             "arrived": time.monotonic(), "started": None, "finished": None, "status": None, "fault": None,
+            "cached_tokens": None,
             "finish_reason": None,
         }
         with self.engine.lock:
@@ -508,6 +532,11 @@ class _Handler(BaseHTTPRequestHandler):
             text, finish_reason = _first_tokens(text, max_tokens), "length"
         completion_tokens = count_tokens(text)
         record["finish_reason"] = finish_reason
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}
+        if eng.prefix_cache:
+            usage["prompt_tokens_details"] = {"cached_tokens": eng.cached_prefix(eng.chat_template(messages))}
+            record["cached_tokens"] = usage["prompt_tokens_details"]["cached_tokens"]
         if eng.token_delay:
             eng._wait(eng.token_delay * completion_tokens)     # generating costs per token
         self._send(200, {
@@ -515,8 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
             "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason,
                          "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": usage,
         })
         return 200
 
@@ -547,6 +575,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenize", choices=TOKENIZE_APIS, default="vllm",
                         help="the tokenize API served (none: no /tokenize route)")
     parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="report usage.prompt_tokens_details.cached_tokens (prefix shared with the previous prompt)")
     parser.add_argument("--model", action="append", default=None,
                         help="accepted model name (repeatable); default: any")
     parser.add_argument("--fault", action="append", default=[],
@@ -555,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     eng = FakeEngine(args.host, args.port, delay=args.delay, max_in_flight=args.max_in_flight,
                      words_per_line=args.words_per_line, max_model_len=args.max_model_len,
                      models=tuple(args.model) if args.model else None, token_delay=args.token_delay,
-                     out_tokens=args.out_tokens, tokenize=args.tokenize)
+                     out_tokens=args.out_tokens, tokenize=args.tokenize, prefix_cache=args.prefix_cache)
     for spec in args.fault:
         fault = parse_fault(spec)
         eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)

@@ -36,6 +36,17 @@ def test_complete_sends_one_user_message_and_reads_the_answer(fake_engine):
     assert request["authorization"] == f"Bearer {KEY}"
 
 
+def test_cached_tokens_are_read_from_prompt_tokens_details_and_none_when_absent(fake_engine):
+    client = make_client(fake_engine)
+    assert complete(client).cached_tokens is None       # vLLM without --enable-prompt-tokens-details
+    fake_engine.configure(prefix_cache=True)
+    first = complete(client)
+    again = complete(client)
+    assert first.cached_tokens == 0                      # said, and nothing reused: not None
+    assert again.cached_tokens == again.prompt_tokens    # the same prompt twice: all of it shared
+    assert complete(client, PROMPT.replace("Bob", "Carol")).cached_tokens < again.prompt_tokens
+
+
 def test_a_cut_answer_is_returned_with_finish_reason_length(fake_engine):
     fake_engine.add_fault("length", words=3)
     result = complete(make_client(fake_engine))

@@ -2,6 +2,7 @@
 
 Figures (retries, calls, jobs lost) are printed; run with -s to see them.
 """
+import dataclasses
 import time
 
 import requests
@@ -132,6 +133,33 @@ def test_fallback_flavor_takes_over_when_the_engine_stays_down(fake_engine, make
         print(f"{fault}: {strict.error}")
         assert strict.status == "failed" and cause in strict.error
         assert len(fake_engine.chat_requests()) == calls + 1
+
+
+def test_a_fallback_midway_resumes_the_first_flavors_batches_and_counts_each_call_once(fake_engine, make_runner):
+    """`main` answers 3 batches, then its engine stays down: `backup` resumes after them, and the
+    job's usage counts every answered call once (the checkpoint's usage is not carried twice)."""
+    from app.pipeline.summarize import summarize
+    from tests.fake_engine import FakeEngine
+
+    with FakeEngine() as down_later:
+        def failing_after_three(turns, request, *, hooks, **kwargs):
+            def checkpoint(progress, state):
+                hooks.on_checkpoint(progress, state)
+                if request.flavor.name == "main" and len(down_later.chat_requests()) == 3:
+                    down_later.add_fault("503", times=1000)
+            return summarize(turns, request, hooks=dataclasses.replace(hooks, on_checkpoint=checkpoint), **kwargs)
+
+        runner, store = runner_for(make_runner, fake_engine.base_url, engine_retries=1, checkpoint_interval=0,
+                                   flavors=[flavor("main", apiBase=down_later.base_url, fallbackFlavor="backup",
+                                                   maxNewTurns=4),
+                                            flavor("backup", apiBase=fake_engine.base_url, maxNewTurns=4)])
+        runner = make_runner.another(runner, summarize_fn=failing_after_three)
+        job = run_to_end(runner, store, store.create_job(service="svc", flavor="main", input_text=TEXT))
+    print("fallback midway:", job.usage)
+    assert job.status == "complete" and job.usage["flavor"] == "backup"
+    assert len(fake_engine.chat_requests()) == 3                     # 6 batches of 4 turns: 3 left
+    assert job.usage["calls"] == 3 + 3
+    assert [int(line.split("numéro ")[1].split()[0]) for line in job.result.splitlines()] == list(range(24))
 
 
 def test_the_job_retry_budget_bounds_all_calls_together(fake_engine, make_runner):

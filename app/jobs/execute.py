@@ -41,6 +41,19 @@ log = logging.getLogger(__name__)
 _SPENT_KEYS = ("calls", "failed_calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries")
 
 
+def _add_spent(usage: dict, spent: dict) -> None:
+    """Add what a flavor that gave up had spent to its fallback's usage. The cached-prompt figures
+    stay only if both flavors' engines reported them (a share of a partly known total misleads)."""
+    for key in _SPENT_KEYS:
+        usage[key] = usage.get(key, 0) + spent.get(key, 0)
+    if "cached_prompt_tokens" in usage and "cached_prompt_tokens" in spent:
+        usage["cached_prompt_tokens"] += spent["cached_prompt_tokens"]
+        usage["cached_share"] = round(usage["cached_prompt_tokens"] / max(1, usage["prompt_tokens"]), 4)
+    else:
+        usage.pop("cached_prompt_tokens", None)
+        usage.pop("cached_share", None)
+
+
 class Outcome(StrEnum):
     """How one run of a job ended here (rq's handle_job_success / failure / retry, as words)."""
 
@@ -237,10 +250,13 @@ class JobExecutor:
             self.store.set_message(job.id, f"engine of flavor '{flavor.name}' unavailable; continuing on"
                                            f" fallback flavor '{fallback.name}'", owner=job.owner)
             latest = self.store.get(job.id)
-            result = self._run(job, plan, fallback, turns, latest.checkpoint if latest else None)
-            spent = getattr(exc, "usage", None) or {}
-            for key in _SPENT_KEYS:
-                result.usage[key] = result.usage.get(key, 0) + spent.get(key, 0)
+            checkpoint = dict(latest.checkpoint) if latest and latest.checkpoint else None
+            if checkpoint:
+                # The first flavor's usage (checkpointed or not) is all in exc.usage, added below:
+                # resuming must not carry the checkpointed part a second time.
+                checkpoint.pop("usage", None)
+            result = self._run(job, plan, fallback, turns, checkpoint)
+            _add_spent(result.usage, getattr(exc, "usage", None) or {})
             result.warnings.append(f"flavor '{flavor.name}' was unavailable ({exc}); the summary was produced by"
                                    f" fallback flavor '{fallback.name}'")
             flavor = fallback

@@ -10,7 +10,7 @@ from app.pipeline.run import Run
 
 
 def call(run: Run, prompt: str | Callable[[], str], what: str = "a prompt") -> Completion:
-    """One completion with retries on transient errors; counts usage.
+    """One completion with retries on transient errors; counts usage (cached prompt tokens too).
 
     `prompt` may be a function that builds it: it is then built inside each attempt, so an
     engine that stops answering its /tokenize (used to fit the prompt) is retried too.
@@ -53,8 +53,7 @@ def call(run: Run, prompt: str | Callable[[], str], what: str = "a prompt") -> C
         raise EmptyAnswerError(f"the engine returned an empty answer for {what} after {tries} "
                                f"{'try' if tries == 1 else 'tries'}{budget}") from None
     telemetry.count_engine_call(request.flavor.name, completion)
-    run.add_usage(calls=1, prompt_tokens=completion.prompt_tokens,
-                  completion_tokens=completion.completion_tokens, engine_seconds=completion.seconds)
+    run.count_answer(completion)
     return completion
 
 

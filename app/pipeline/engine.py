@@ -68,13 +68,20 @@ class ContextOverflowError(PermanentEngineError):
 
 @dataclass(frozen=True)
 class Completion:
-    """One chat completion: the text, why it stopped, token usage and wall time."""
+    """One chat completion: the text, why it stopped, token usage and wall time.
+
+    `cached_tokens`: how many of the prompt tokens the engine took from its prefix cache, as it
+    reported them in usage.prompt_tokens_details.cached_tokens (vLLM with
+    --enable-prompt-tokens-details, llama.cpp's server always); None when it did not say, which
+    is not the same as 0 (said, and nothing was reused).
+    """
 
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    cached_tokens: int | None = None
 
 
 class EngineClient:
@@ -126,7 +133,8 @@ class EngineClient:
             finish_reason=choices[0].finish_reason,
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            seconds=seconds)
+            seconds=seconds,
+            cached_tokens=_cached_tokens(usage))
 
     def ping(self) -> bool:
         """True when the engine answers GET /models within a short timeout."""
@@ -188,6 +196,20 @@ class EngineClient:
                 f"{where} rejected the API key (HTTP {status}): {detail}", status_code=status)
         return PermanentEngineError(f"{where} refused the request (HTTP {status}): {detail}",
                                     status_code=status)
+
+
+def _cached_tokens(usage) -> int | None:
+    """usage.prompt_tokens_details.cached_tokens, or None when the engine did not report it.
+
+    vLLM sends "prompt_tokens_details": null unless started with --enable-prompt-tokens-details;
+    llama.cpp's server fills it with the tokens its slot reused (its timings.cache_n, the same
+    number, is not read: one field for both engines). Anything but a non-negative integer is
+    treated as not reported, so a malformed field never turns into a false share.
+    """
+    value = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def _engine_message(exc: openai.APIStatusError) -> str:

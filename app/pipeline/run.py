@@ -2,8 +2,9 @@
 
 It holds what was asked (the request), what answers (engine, tokenizer), the plan's facts (the
 context reserve, the number of virtual turns and their fingerprint) and the hooks, all given at
-construction; and what the run accumulates: engine usage, warnings and progress. Worker threads
-(fields == 1) never call the hooks: they queue their messages here and read a stop flag that the
+construction; and what the run accumulates: engine usage (with the prompt tokens the engine took
+from its prefix cache, when it says), warnings and progress. Worker threads (the concurrent
+schedule) never call the hooks: they queue their messages here and read a stop flag that the
 calling thread keeps up to date.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import queue
 import threading
 from typing import Any
 
+from app.pipeline.engine import Completion
 from app.pipeline.request import Hooks, SummaryRequest
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ class Run:
         self.total, self.turns_digest = total, turns_digest
         self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                       "engine_seconds": 0.0, "retries": 0, "failed_calls": 0}
+        # Prompt tokens the engine served from its prefix cache, and how many answers said so:
+        # a share is only true when every answer reported it (an engine that says nothing is
+        # not one that cached nothing), so the report leaves both out otherwise.
+        self.cached_tokens = 0
+        self.cached_calls = 0
         self.warnings: list[str] = []
         self.progress = 0
         self.lock = threading.Lock()
@@ -94,6 +101,18 @@ class Run:
             for key, amount in amounts.items():
                 self.usage[key] += amount
 
+    def count_answer(self, completion: Completion) -> None:
+        """Count one answered call: its tokens, seconds and, when the engine reported them, the
+        prompt tokens it took from its cache (one lock: a checkpoint never sees half of it)."""
+        with self.lock:
+            self.usage["calls"] += 1
+            self.usage["prompt_tokens"] += completion.prompt_tokens
+            self.usage["completion_tokens"] += completion.completion_tokens
+            self.usage["engine_seconds"] += completion.seconds
+            if completion.cached_tokens is not None:
+                self.cached_tokens += completion.cached_tokens
+                self.cached_calls += 1
+
     def take_retry(self) -> bool:
         """Count one retry, unless the job's retry budget is spent (then False)."""
         with self.lock:
@@ -109,12 +128,22 @@ class Run:
             for key, value in usage.items():
                 if key in self.usage:
                     self.usage[key] += value
+            # The earlier run reported cached tokens only if every one of its calls had them.
+            if "cached_prompt_tokens" in usage:
+                self.cached_tokens += usage["cached_prompt_tokens"]
+                self.cached_calls += usage.get("calls", 0)
             self.warnings.extend(warnings)
 
     def usage_report(self) -> dict[str, Any]:
-        """The usage totals as reported to the user."""
+        """The usage totals as reported to the user; with `cached_prompt_tokens` and
+        `cached_share` (of prompt_tokens) when the engine reported its cache on every call."""
         with self.lock:
-            return {**self.usage, "engine_seconds": round(self.usage["engine_seconds"], 3)}
+            report = {**self.usage, "engine_seconds": round(self.usage["engine_seconds"], 3)}
+            calls, prompt_tokens = self.usage["calls"], self.usage["prompt_tokens"]
+            if calls and self.cached_calls == calls:
+                report["cached_prompt_tokens"] = self.cached_tokens
+                report["cached_share"] = round(self.cached_tokens / prompt_tokens, 4) if prompt_tokens else 0.0
+            return report
 
     # --- progress and checkpoints ----------------------------------------------------------
 

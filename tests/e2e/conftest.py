@@ -145,10 +145,19 @@ def e2e_services(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def gateway(engine, e2e_services, tmp_path_factory):
-    """The real gateway (`python3 -m app`, 2 Gunicorn workers + runner) pointed at the engine."""
+def recorder(engine):
+    """A pass-through to the engine that keeps each chat completion's prompt and usage."""
+    from tests.e2e.recorder import Recorder
+    with Recorder(engine.root) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def gateway(engine, recorder, e2e_services, tmp_path_factory):
+    """The real gateway (`python3 -m app`, 2 Gunicorn workers + runner) pointed at the engine,
+    through the recorder (what the engine said about each call is then known)."""
     tmp = tmp_path_factory.mktemp(f"gateway-{engine.kind}")
-    gw = Gateway(tmp, api_base=engine.api_base, services_dir=e2e_services, workers=2)
+    gw = Gateway(tmp, api_base=recorder.api_base, services_dir=e2e_services, workers=2)
     started = time.monotonic()
     try:
         gw.start(timeout=120)

@@ -5,7 +5,8 @@ Every test runs once per engine (the `engine` fixture is parametrized). The gate
 shipped services/cra.json and services/summary.json. A 135M model writes rough text, so the
 checks are on the protocol and the numbers: a complete job, a non-empty summary made of lines,
 no prompt text echoed back, usage counted from the engine, token counts that agree with the
-engine's, and no request ever sent past the context.
+engine's, prompts whose fixed opening the engine takes from its prefix cache (each call's answer
+seen through tests/e2e/recorder.py), and no request ever sent past the context.
 
 The engine work of each test is bounded whatever the CPU: the jobs use the E2E_FLAVOR (the
 shipped smollm2-135m with a small maxGenerationLength), a French sitting and the first
@@ -188,6 +189,90 @@ def test_job_summary_english(engine, gateway, jobs):
     body = wait_result(gateway, ids["summary"], limit, why)
     usage = check_summary(engine.kind, "summary", body, time.monotonic() - started, label=f" ({EN_TURNS} turns)")
     assert usage["prompt_tokens"] <= usage["calls"] * 4096
+
+
+def cache_block(engine) -> int:
+    """The tokens a prefix-cache hit is counted in: vLLM reuses whole KV blocks (its size is in
+    its /metrics), llama.cpp's slot reuses its previous prompt token by token."""
+    if engine.kind != "vllm":
+        return 1
+    metrics = requests.get(f"{engine.root}/metrics", timeout=30).text
+    found = re.search(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', metrics, re.M)
+    assert found, "vLLM's /metrics has no cache_config_info with a block_size"
+    return int(found.group(1))
+
+
+def shared_opening(engine, template: str) -> int:
+    """Tokens every prompt of `template` starts with, the chat template's opening included: the
+    common token prefix of two fills, tokenized by vLLM with the chat template applied."""
+    from app.pipeline.chunking import fill_template
+
+    def tokens(value: str) -> list[int]:
+        prompt = fill_template(template, [value] * template.count("{}"))
+        response = requests.post(f"{engine.root}/tokenize", timeout=60, json={
+            "model": engine.model, "messages": [{"role": "user", "content": prompt}]})
+        assert response.status_code == 200, response.text
+        return response.json()["tokens"]
+
+    first, second = tokens("Alice : oui"), tokens("Zoé : no")
+    return next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+
+@pytest.mark.parametrize("service", ["cra", "summary"])
+def test_prompts_reuse_the_engine_prefix_cache(engine, gateway, jobs, recorder, service):
+    """The template's fixed text opens every prompt, so the engine computes it once per job.
+
+    On vLLM (--enable-prefix-caching --enable-prompt-tokens-details) every call of a job but the
+    one that computed it gets, in usage.prompt_tokens_details.cached_tokens, at least the prompts'
+    common opening (chat template + the template's text before its first "{}") in whole KV blocks:
+    vLLM reuses whole blocks only, so with the CPU's 128-token blocks that can be a little less
+    than the template's fixed part alone (both figures are reported). The job's usage sums what
+    each call reported. llama.cpp's figures are reported, not asserted: its slots reuse their own
+    last prompt, and calls of two jobs side by side take each other's slots. Nothing more is
+    asked of the engine: the calls are the jobs'.
+    """
+    from app.pipeline.tokenizers import get_tokenizer
+    from app.services.manifests import load_service
+
+    started, ids, limit, why = jobs
+    body = wait_result(gateway, ids[service], limit, why)
+    assert body["status"] == "complete", body.get("error", body)
+    with open(os.path.join(gateway.services_dir, f"{service}.txt"), encoding="utf-8") as handle:
+        template = handle.read()
+    fixed_text = template.split("{}", 1)[0]
+    calls = [call for call in recorder.chat_calls() if call["prompt"].startswith(fixed_text)]
+    assert calls, f"no call of the {service} job went through the recorder"
+    cached = [(call["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") for call in calls]
+    flavor = load_service(os.path.join(gateway.services_dir, f"{service}.json")).flavor(E2E_FLAVOR)
+    fixed = get_tokenizer(flavor, engine.api_base).count(fixed_text)
+    block = cache_block(engine)
+
+    usage = body["usage"]
+    if all(value is not None for value in cached):
+        assert usage["calls"] >= len(calls)
+        summed = usage["cached_prompt_tokens"]
+        assert summed == sum(cached) if usage["calls"] == len(calls) else summed >= sum(cached), (usage, cached)
+        assert usage["cached_share"] == round(summed / usage["prompt_tokens"], 4), usage
+    else:
+        assert "cached_share" not in usage and "cached_prompt_tokens" not in usage, usage
+    share = f"cached share {usage['cached_share']:.1%}" if "cached_share" in usage else "no cached share"
+    line = (f"[{engine.kind}] {service} prefix cache: {share} ({usage.get('cached_prompt_tokens')} of"
+            f" {usage['prompt_tokens']} prompt tokens); template's fixed part {fixed} tokens; cached per call"
+            f" {cached}")
+    if engine.kind == "vllm":
+        assert None not in cached, f"vLLM did not report cached tokens on every call: {cached}"
+        opening = shared_opening(engine, template)
+        whole = opening // block * block
+        line += (f"; common opening {opening} tokens = {whole} in whole {block}-token blocks;"
+                 f" {sum(value >= whole for value in cached)} of {len(cached)} calls cached >= {whole},"
+                 f" {sum(value >= fixed for value in cached)} >= the fixed part")
+        report(line)
+        # One call computes the opening: the first the engine scheduled, which for calls sent
+        # side by side need not be the first the recorder saw. vLLM caches a block as it is
+        # allocated, so even a call scheduled in the same step as that one finds it.
+        assert sum(value < whole for value in cached) <= 1, (whole, cached)
+    else:
+        report(line)
 
 
 def test_gateway_token_count_matches_the_engine(engine):
