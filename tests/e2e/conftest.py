@@ -40,6 +40,9 @@ E2E_OVERRIDES = {"maxGenerationLength": 96, "maxNewTurns": 2}
 # For the context-limit test: batches packed up to the context (4096 tokens), answers as short.
 FULL_FLAVOR = "smollm2-135m-e2e-full"
 FULL_OVERRIDES = {"maxGenerationLength": 96, "maxNewTurns": 64}
+# For P10 (issue 13): the e2e flavor with the transcript as the context of fields-2 batches.
+FAST_FLAVOR = "smollm2-135m-e2e-fast"
+FAST_OVERRIDES = {**E2E_OVERRIDES, "contextSource": "transcript"}
 
 
 def engine_module():
@@ -127,7 +130,8 @@ def speed(engine):
 
 @pytest.fixture(scope="session")
 def e2e_services(tmp_path_factory) -> str:
-    """The shipped services folder, plus E2E_FLAVOR and FULL_FLAVOR on each service that has smollm2-135m."""
+    """The shipped services folder, plus E2E_FLAVOR and FULL_FLAVOR on each service that has smollm2-135m
+    (and FAST_FLAVOR on those with fields 2)."""
     folder = tmp_path_factory.mktemp("e2e-services")
     for name in os.listdir(SERVICES_DIR):
         shutil.copy(os.path.join(SERVICES_DIR, name), folder / name)
@@ -139,6 +143,8 @@ def e2e_services(tmp_path_factory) -> str:
         if shipped is not None:
             manifest["flavor"].append({**shipped, **E2E_OVERRIDES, "name": E2E_FLAVOR})
             manifest["flavor"].append({**shipped, **FULL_OVERRIDES, "name": FULL_FLAVOR})
+            if manifest.get("fields") == 2:
+                manifest["flavor"].append({**shipped, **FAST_OVERRIDES, "name": FAST_FLAVOR})
             with open(folder / name, "w", encoding="utf-8") as handle:
                 json.dump(manifest, handle, indent=2)
     return str(folder)

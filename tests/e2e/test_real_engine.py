@@ -25,7 +25,8 @@ import requests
 
 from app.client import FINAL, GatewayClient, GatewayError, PollTimeout, poll
 from tests.e2e import budget
-from tests.e2e.conftest import E2E_FLAVOR, FULL_FLAVOR, FULL_OVERRIDES, KINDS, ROOT, SERVICES_DIR, engine_module, report
+from tests.e2e.conftest import (E2E_FLAVOR, FAST_FLAVOR, FULL_FLAVOR, FULL_OVERRIDES, KINDS, ROOT, SERVICES_DIR,
+                                engine_module, report)
 from tests.processes import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -273,6 +274,30 @@ def test_prompts_reuse_the_engine_prefix_cache(engine, gateway, jobs, recorder, 
         assert sum(value < whole for value in cached) <= 1, (whole, cached)
     else:
         report(line)
+
+
+def test_transcript_context_against_the_rolling_summary(engine, gateway, jobs, speed):
+    """P10 (issue 13): the same sitting through the rolling summary, then with the transcript as
+    context, each job alone on the engine. The wall-time ratio and the cached shares are recorded,
+    not asserted: how much a CPU engine gains from concurrent calls depends on the machine."""
+    started, ids, limit, why = jobs
+    for job_id in ids.values():               # the session's jobs first: each job has the engine alone
+        wait_result(gateway, job_id, limit, why)
+    text = first_lines(FR_SMALL, 2 * FR_TURNS)
+    manifest = os.path.join(gateway.services_dir, "cra.json")
+    walls, usages = {}, {}
+    for flavor in (E2E_FLAVOR, FAST_FLAVOR):
+        work = budget.plan_work(f"cra {flavor}", text, manifest, flavor, engine.api_base)
+        begun = time.monotonic()
+        job_id, _ = submit(gateway, "cra", "fr_small.txt", text, flavor=flavor)
+        body = wait_result(gateway, job_id, budget.deadline([work], speed), f"{speed} and {work}")
+        walls[flavor] = time.monotonic() - begun
+        usages[flavor] = check_summary(engine.kind, "cra", body, walls[flavor],
+                                       label=f" ({2 * FR_TURNS} turns, {flavor})")
+        assert usages[flavor]["calls"] >= work.batches
+    report(f"[{engine.kind}] P10: transcript context {walls[FAST_FLAVOR]:.1f} s / rolling summary"
+           f" {walls[E2E_FLAVOR]:.1f} s = {walls[FAST_FLAVOR] / walls[E2E_FLAVOR]:.2f}; cached share"
+           f" {usages[FAST_FLAVOR].get('cached_share')} vs {usages[E2E_FLAVOR].get('cached_share')}")
 
 
 def test_gateway_token_count_matches_the_engine(engine):
