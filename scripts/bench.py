@@ -92,22 +92,25 @@ class Sizes:
     h2_lines: int               # H2: lines of the generated transcript (12.5 bytes each)
     h2_base_ms: float           # H2: engine cost per call (the case counts bytes, not time)
     p7_base_ms: float           # P7-P9: engine cost per call (every answer p6_out_tokens long, 0 per token)
+    p7_capacity: int            # P7-P9: engine capacity (the flavor sends up to P7_CAPACITY at once)
 
 
+P7_CAPACITY = 64             # the transcript-context flavor's maxConcurrentRequests, the full run's engine capacity
 FULL = Sizes(base_ms=150, per_token_ms=10, single_runs=2, p3_repeats=9, memory_mb=10,
              p5_base_ms=2000, p5_seconds=2, p5_rounds=10, p6_capacity=4, p6_out_tokens=40,
              p6_base_ms=800, job_timeout=240, h1_chars=1_000_000, h1_repeats=3, h2_lines=200_000,
-             h2_base_ms=5, p7_base_ms=2000)
+             h2_base_ms=5, p7_base_ms=2000, p7_capacity=P7_CAPACITY)
 # Smoke sizes only exercise every case (tests/test_bench_smoke.py): P5's rounds are half a second
-# (wrk's shortest run is 1 s) and the memory run a quarter of a MB.
+# (wrk's shortest run is 1 s) and the memory run a quarter of a MB. P7-P9's engine serves 8 calls
+# at once: with 64, all 43 short calls end together and the job is over before a poll can see
+# its first partial report.
 SMOKE = Sizes(base_ms=10, per_token_ms=0.2, single_runs=1, p3_repeats=3, memory_mb=0.25,
               p5_base_ms=150, p5_seconds=0.5, p5_rounds=1, p6_capacity=4, p6_out_tokens=10,
               p6_base_ms=20, job_timeout=60, h1_chars=100_000, h1_repeats=1, h2_lines=20_000,
-             h2_base_ms=1, p7_base_ms=300)
+             h2_base_ms=1, p7_base_ms=300, p7_capacity=8)
 
 
 CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "H1", "H2")
-P7_CAPACITY = 64             # engine capacity and the transcript-context flavor's maxConcurrentRequests
 WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
         "P2": ("1 job wall / engine time of its sequential calls", "<= 1.05"),
         "P3": ("parse+chunk+plan of the largest transcript / raw tokenizer pass", "<= 2.0"),
@@ -572,7 +575,7 @@ class Bench:
     def run_context_jobs(self) -> None:
         """fr_medium through cra "fast" (contextSource transcript), its GET /results/<id> polled
         for the first `partial`; then through cra "seed" (the rolling summary), same engine."""
-        set_engine(self.engine, P7_CAPACITY, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
+        set_engine(self.engine, self.sizes.p7_capacity, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
         job_id = self.gateway.submit("cra", str(FR_MEDIUM), flavor="fast")
         first_partial, polls, deadline = None, 0, time.monotonic() + self.sizes.job_timeout
         while time.monotonic() < deadline:
@@ -589,7 +592,7 @@ class Bench:
         self.context = {"wall": job_wall(fast), "calls": len(calls), "distinct": len(set(prompts)), "most": most,
                         "per_call": statistics.mean(c["engine_s"] for c in calls), "polls": polls,
                         "first_partial": first_partial, "lines": len(fast["summarization"].splitlines())}
-        set_engine(self.engine, P7_CAPACITY, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
+        set_engine(self.engine, self.sizes.p7_capacity, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
         rolling = self.run_job("cra", FR_MEDIUM)
         rolling_calls, _ = engine_calls(self.engine)
         self.context.update(rolling_wall=job_wall(rolling), rolling_calls=len(rolling_calls))
@@ -598,10 +601,10 @@ class Bench:
 
     def p7(self) -> Row:
         row, c = Row.of("P7"), self.context
-        ideal = math.ceil(c["calls"] / P7_CAPACITY) * c["per_call"]
+        ideal = math.ceil(c["calls"] / self.sizes.p7_capacity) * c["per_call"]
         row.judge(c["wall"] / ideal, c["distinct"] == c["calls"])
         row.detail = (f"fr_medium, cra fast: {c['calls']} batches ({c['distinct']} distinct prompts: each sent "
-                      f"once), engine capacity {P7_CAPACITY} (served up to {c['most']} at once), "
+                      f"once), engine capacity {self.sizes.p7_capacity} (served up to {c['most']} at once), "
                       f"{c['per_call'] * 1000:.0f} ms per call: wall {c['wall']:.2f} s vs ideal {ideal:.2f} s")
         return row
 
@@ -1034,7 +1037,7 @@ def run(args) -> int:
     print(f"# engine model: {sizes.base_ms:g} ms per call + {sizes.per_token_ms:g} ms per output token; "
           f"P5 calls {sizes.p5_base_ms:g} ms; P6 {sizes.p6_base_ms:g} ms + 0 per token, "
           f"{sizes.p6_out_tokens} tokens, capacity {sizes.p6_capacity}; P7-P9 {sizes.p7_base_ms:g} ms + 0 per "
-          f"token, {sizes.p6_out_tokens} tokens, capacity {P7_CAPACITY}", flush=True)
+          f"token, {sizes.p6_out_tokens} tokens, capacity {sizes.p7_capacity}", flush=True)
     rows: dict[str, Row] = {}
     crashed = False
 
