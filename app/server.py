@@ -79,7 +79,9 @@ class GeventWorker(_GunicornGeventWorker):
     gevent replaces queue.Queue with its own class, whose internals differ; watchdog subclasses
     queue.Queue for its event queue and then fails on the first file event, so hot reload
     stopped in every web worker. The standard Queue is built on threading's locks, which the
-    patch makes cooperative anyway.
+    patch makes cooperative anyway. SimpleQueue stays gevent's: the standard one is written in
+    C, and a get() that waits on it blocks the whole worker (every greenlet shares its OS
+    thread); watchdog 7.1 waits on one for its inotify events, so the worker never answered.
     """
 
     def patch(self) -> None:
@@ -87,7 +89,7 @@ class GeventWorker(_GunicornGeventWorker):
         import queue
 
         from gevent import monkey
-        for name in ("Queue", "LifoQueue", "PriorityQueue", "SimpleQueue"):
+        for name in ("Queue", "LifoQueue", "PriorityQueue"):
             original = monkey.get_original("queue", name)
             if original is not None:
                 setattr(queue, name, original)
