@@ -35,6 +35,15 @@ last blank line that contains a "Speaker : text" line) that looks like "Speaker 
 one line "Speaker : <first `words_per_line` words of text>": so a test can check that every
 turn was sent exactly once, in order, with its speaker.
 
+Answer faults (`answers`, a dict: FakeEngine(answers=...), configure(answers=...), POST /_control
+{"answers": {...}}, --answers '<json>') make that echo wrong on purpose, for tests of the gateway's
+check of an answer against the turns it sent (ANSWER_KEYS): the turns `picked` by N are left out
+(`skip_always_every`, or `skip_once_every`: only the first time the engine sees the turn, which it
+remembers until reset()) or merged into the line before (`merge_every`); `invent_figure` ends the
+first line with a text, `invent_speaker` adds a line by that name after it, and `reverse` turns the
+lines around. Each chat record's "answer_faults" says what was done ("skip_once 2 Bob", ...). They
+leave a custom `reply` alone, come before the `out_tokens` padding, and the queued faults still apply.
+
 The server never asserts; it records, and tests assert on the records.
 """
 from __future__ import annotations
@@ -104,10 +113,89 @@ def last_section_turns(prompt: str) -> list[tuple[str, str]]:
 
 def echo_reply(prompt: str, words_per_line: int) -> str:
     """The default completion: each turn of the last section, its text cut to a few words."""
-    lines = []
-    for speaker, text in last_section_turns(prompt):
-        lines.append(f"{speaker} : {' '.join(text.split()[:words_per_line])}")
-    return "\n".join(lines)
+    return echo_answer(last_section_turns(prompt), words_per_line)[0]
+
+
+# Answer faults: the keys of `answers` (all optional, combinable), each a way an engine's answer
+# can miss the turns it was sent. "Picked by N" is `picked`.
+ANSWER_KEYS = (
+    "skip_once_every",     # N: a picked turn is left out the first time the engine sees it, then answered
+    "skip_always_every",   # N: a picked turn is always left out
+    "merge_every",         # N: a picked turn, not its section's first, is added to the line before it
+    "invent_speaker",      # name: a line "<name> : <words of the batch's first turn>" after the first line
+    "invent_figure",       # text: appended (after a space) to the answer's first line
+    "reverse",             # true: the answer's lines in reverse order
+)
+
+
+def fingerprint(speaker: str, text: str) -> str:
+    """A turn's identity as the prompt shows it: its speaker and its full text."""
+    return f"{speaker}\x1f{text}"
+
+
+def picked(speaker: str, text: str, every: int) -> bool:
+    """Whether an answer fault set to `every` hits this turn (every <= 1: all turns). crc32, not
+    hash(): the same turns in every process, so a test can predict them."""
+    if every <= 1:
+        return True
+    return zlib.crc32(fingerprint(speaker, text).encode()) % every == 0
+
+
+def check_answers(answers: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of `answers` with its N as ints; ValueError for an unknown key (a typo would
+    otherwise silently test nothing)."""
+    answers = {} if answers is None else answers
+    if not isinstance(answers, dict):
+        raise ValueError(f"answers must be a dict, not {answers!r}")
+    unknown = set(answers) - set(ANSWER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown answer fault {', '.join(sorted(unknown))}; known: {', '.join(ANSWER_KEYS)}")
+    try:
+        return {key: int(value) if key.endswith("_every") else value for key, value in answers.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"the N of an answer fault is a whole number: {answers!r}") from None
+
+
+def echo_answer(turns: list[tuple[str, str]], words_per_line: int, answers: dict[str, Any] | None = None,
+                first_time: Callable[[str], bool] = lambda key: True) -> tuple[str, list[str]]:
+    """The echo of `turns` ((speaker, text) as in the prompt) with the answer faults applied, and
+    what they did ("skip_always 3 Carol": the turn at index 3 of the section, by Carol).
+
+    `first_time(fingerprint)` is the engine's memory for skip_once: True (and remembered) when
+    the turn was not left out before. A turn skipped is never merged; a merge goes into the line
+    before it in the answer (that of an earlier turn when the one just before was left out).
+    The inventions come after `reverse`, so "first line" is the first line of the final answer."""
+    answers = answers or {}
+
+    def hit(key: str, speaker: str, text: str) -> bool:
+        return key in answers and picked(speaker, text, answers[key])
+
+    lines: list[str] = []
+    done: list[str] = []
+    for index, (speaker, text) in enumerate(turns):
+        words = " ".join(text.split()[:words_per_line])
+        if hit("skip_always_every", speaker, text):
+            done.append(f"skip_always {index} {speaker}")
+        elif hit("skip_once_every", speaker, text) and first_time(fingerprint(speaker, text)):
+            done.append(f"skip_once {index} {speaker}")
+        elif hit("merge_every", speaker, text) and index > 0 and lines:
+            lines[-1] += " " + words
+            done.append(f"merge {index} {speaker}")
+        else:
+            lines.append(f"{speaker} : {words}")
+    if answers.get("reverse"):
+        lines.reverse()
+        done.append("reverse")
+    if answers.get("invent_figure") and lines:
+        lines[0] += " " + answers["invent_figure"]
+        done.append("invent_figure")
+    if answers.get("invent_speaker") and turns:
+        # The first turn's last words: text the batch holds, said by someone who never spoke.
+        first_words = turns[0][1].split()
+        said = " ".join(first_words[max(0, len(first_words) - words_per_line):])
+        lines.insert(1, f"{answers['invent_speaker']} : {said}")
+        done.append(f"invent_speaker {answers['invent_speaker']}")
+    return "\n".join(lines), done
 
 
 def exactly(text: str, tokens: int) -> str:
@@ -137,7 +225,7 @@ class FakeEngine:
                  max_in_flight: int | None = None, words_per_line: int = 5,
                  max_model_len: int = 32768, models: tuple[str, ...] | None = None,
                  token_delay: float = 0.0, out_tokens: int | None = None, tokenize: str = "vllm",
-                 prefix_cache: bool = False,
+                 prefix_cache: bool = False, answers: dict[str, Any] | None = None,
                  encode: Callable[[str, bool], list[int]] = word_ids,
                  chat_template: Callable[[list[dict[str, Any]]], str] = chat_text):
         if tokenize not in TOKENIZE_APIS:
@@ -155,6 +243,8 @@ class FakeEngine:
         self.chat_template = chat_template    # messages -> the text the model reads
         self.prefix_cache = prefix_cache      # report usage.prompt_tokens_details.cached_tokens
         self._last_prompt_ids: list[int] = []  # the previous prompt served: the "cache"
+        self.answers = check_answers(answers)  # answer faults of the echo (ANSWER_KEYS)
+        self._seen_turns: set[str] = set()     # fingerprints skip_once has left out once
         self.reply: Callable[[str], str] | None = None   # custom completion: prompt -> text
         self.requests: list[dict[str, Any]] = []          # every request, in arrival order
         self.faults: deque[dict[str, Any]] = deque()      # consumed by the next chat calls
@@ -223,12 +313,14 @@ class FakeEngine:
             return [r for r in self.requests if r["path"] == "/v1/chat/completions"]
 
     def reset(self) -> None:
-        """Forget recorded requests, pending faults and the in-flight high-water mark."""
+        """Forget recorded requests, pending faults, the in-flight high-water mark and the turns
+        seen (skip_once leaves them out again); settings, `answers` among them, stay."""
         with self.lock:
             self.requests.clear()
             self.faults.clear()
             self.max_seen_in_flight = 0
             self._last_prompt_ids = []
+            self._seen_turns.clear()
 
     def configure(self, **settings: Any) -> None:
         """Change settings while serving (CONTROL_SETTINGS); calls waiting for a slot see a new
@@ -236,12 +328,26 @@ class FakeEngine:
         unknown = set(settings) - set(CONTROL_SETTINGS)
         if unknown:
             raise ValueError(f"not a setting of the fake engine: {', '.join(sorted(unknown))}")
+        if "answers" in settings:      # replaces all of them ({} or None: none); the memory stays
+            settings["answers"] = check_answers(settings["answers"])
         with self._slots_lock:
             for key, value in settings.items():
                 setattr(self, key, value)
             self._slots_lock.notify_all()
 
     # --- internals used by the handler -------------------------------------------------
+
+    def echo(self, prompt: str) -> tuple[str, list[str]]:
+        """The default completion with the answer faults, and what they did."""
+        return echo_answer(last_section_turns(prompt), self.words_per_line, self.answers, self._first_time)
+
+    def _first_time(self, turn: str) -> bool:
+        # Checked and remembered at once: of calls sending the same turn together, one leaves it out.
+        with self.lock:
+            if turn in self._seen_turns:
+                return False
+            self._seen_turns.add(turn)
+            return True
 
     def count(self, text: str) -> int:
         """Tokens of a text the model reads (words, without the cost of their ids by default)."""
@@ -290,7 +396,7 @@ class FakeEngine:
 
 # What POST /_control may change while the fake runs (FakeEngine.configure).
 CONTROL_SETTINGS = ("delay", "token_delay", "max_in_flight", "words_per_line", "out_tokens", "max_model_len",
-                    "prefix_cache")
+                    "prefix_cache", "answers")
 
 
 class _Server(ThreadingHTTPServer):
@@ -382,7 +488,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {k: v for k, v in r.items() if k not in ("messages", "prompt")} for r in eng.requests]
             self._send(200, {"requests": records, "faults_pending": len(eng.faults),
                              "max_seen_in_flight": eng.max_seen_in_flight, "in_flight": eng.in_flight,
-                             "waiting": len(eng._waiting)})
+                             "waiting": len(eng._waiting), "answers": eng.answers})
 
     def do_POST(self) -> None:
         body = self._read_json()
@@ -414,6 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
             "arrived": time.monotonic(), "started": None, "finished": None, "status": None, "fault": None,
             "cached_tokens": None,
             "finish_reason": None,
+            "answer_faults": [],     # what the answer faults did to this call's echo
         }
         with self.engine.lock:
             self.engine.requests.append(record)
@@ -435,12 +542,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _control(self, body: dict[str, Any]) -> None:
         """Set the fake's behavior from another process: faults, delay, limits, reset."""
         eng = self.engine
-        if body.get("reset"):
-            eng.reset()
-        for fault in body.get("faults", []):
-            fault = parse_fault(fault) if isinstance(fault, str) else dict(fault)
-            eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)
-        eng.configure(**{key: body[key] for key in CONTROL_SETTINGS if key in body})
+        try:
+            if body.get("reset"):
+                eng.reset()
+            for fault in body.get("faults", []):
+                fault = parse_fault(fault) if isinstance(fault, str) else dict(fault)
+                eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)
+            eng.configure(**{key: body[key] for key in CONTROL_SETTINGS if key in body})
+        except ValueError as error:    # an unknown fault or answer key: say which, not a dropped connection
+            self._error(400, str(error), "BadRequestError")
+            return
         self._send(200, {"ok": True, "faults_pending": len(eng.faults)})
 
     def _chat(self, body: dict[str, Any]) -> None:
@@ -515,7 +626,10 @@ class _Handler(BaseHTTPRequestHandler):
                                        "completion_tokens": 0, "total_tokens": prompt_tokens}})
             return 200
 
-        text = eng.reply(prompt) if eng.reply else echo_reply(prompt, eng.words_per_line)
+        if eng.reply:
+            text = eng.reply(prompt)
+        else:
+            text, record["answer_faults"] = eng.echo(prompt)
         if eng.out_tokens is not None:
             text = exactly(text, eng.out_tokens)
         finish_reason = "stop"
@@ -579,13 +693,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="report usage.prompt_tokens_details.cached_tokens (prefix shared with the previous prompt)")
     parser.add_argument("--model", action="append", default=None,
                         help="accepted model name (repeatable); default: any")
+    parser.add_argument("--answers", type=json.loads, default=None,
+                        help='answer faults of the echo as JSON, e.g. \'{"skip_once_every": 3, "reverse": true}\'')
     parser.add_argument("--fault", action="append", default=[],
                         help='queued fault, e.g. "503", "429:retry_after=2", "hang:seconds=5"')
     args = parser.parse_args(argv)
     eng = FakeEngine(args.host, args.port, delay=args.delay, max_in_flight=args.max_in_flight,
                      words_per_line=args.words_per_line, max_model_len=args.max_model_len,
                      models=tuple(args.model) if args.model else None, token_delay=args.token_delay,
-                     out_tokens=args.out_tokens, tokenize=args.tokenize, prefix_cache=args.prefix_cache)
+                     out_tokens=args.out_tokens, tokenize=args.tokenize, prefix_cache=args.prefix_cache,
+                     answers=args.answers)
     for spec in args.fault:
         fault = parse_fault(spec)
         eng.add_fault(fault.pop("kind"), int(fault.pop("times", 1)), **fault)
