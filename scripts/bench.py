@@ -30,6 +30,7 @@ busy machine moves both. The table gives each figure, its target and pass/fail.
 | P9 | that job's time from submission to the first `partial` of GET /results/<id> / one call's engine time | <= 1.5 |
 | H1 | plan time (parse + plan_batches) of a 1 MB spaceless line / one raw tokenizer pass over it | <= 5 |
 | H2 | bytes written to the store per job / input size: a 2.5 MB, 200k-line cra job (fields 2) | <= 5 |
+| V1 | the answer checks' CPU time / the engine's time, over P2's cra job (output "turns": every answer aligned turn by turn, figures and names looked up), as its usage counts both | <= 0.02 |
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ SMOKE = Sizes(base_ms=10, per_token_ms=0.2, single_runs=1, p3_repeats=3, memory_
              h2_base_ms=1, p7_base_ms=300, p7_capacity=8)
 
 
-CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "H1", "H2")
+CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "H1", "H2", "V1")
 WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
         "P2": ("1 job wall / engine time of its sequential calls", "<= 1.05"),
         "P3": ("parse+chunk+plan of the largest transcript / raw tokenizer pass", "<= 2.0"),
@@ -122,7 +123,8 @@ WHAT = {"P1": ("8 concurrent jobs / 1 job, wall time", "<= 1.15"),
         "P8": ("that job's wall / the rolling-summary job's wall", "<= 0.1"),
         "P9": ("that job's time to the first partial / one call's time", "<= 1.5"),
         "H1": ("plan time of a 1 MB spaceless line / raw tokenizer pass", "<= 5"),
-        "H2": ("bytes written to the store per job / input size, 2.5 MB 200k-line cra job", "<= 5")}
+        "H2": ("bytes written to the store per job / input size, 2.5 MB 200k-line cra job", "<= 5"),
+        "V1": ("answer checks per batch / engine call time, the P2 cra job (per-turn checks)", "<= 0.02")}
 
 
 @dataclass
@@ -395,16 +397,21 @@ def cpu_seconds(pids: list[int]) -> float:
 # --- the cases -------------------------------------------------------------------------------
 
 def write_services(folder: Path) -> None:
-    """cra (fields 2) and cred (fields 1) with the shipped templates and the seed's cra settings;
-    cra also has "fast": the same with the transcript as context and 64 calls in flight (P7-P9)."""
+    """cra (fields 2, "output": "turns" as shipped: every answer checked turn by turn) and cred
+    (fields 1) with the shipped templates and the seed's cra settings; and "context", cra's template
+    with "seed" and "fast" (the transcript as context, 64 calls in flight) for P7-P9. Those cases
+    cut every answer to the same length (out_tokens) so every call costs the same: as free text
+    ("output": "summary"), whose turns are not checked one by one, else each cut answer would be
+    asked again for the turns it lost and P7-P9 would measure that instead of the schedule."""
     folder.mkdir(parents=True, exist_ok=True)
     fast = {**SEED_FLAVOR, "name": "fast", "contextSource": "transcript", "maxConcurrentRequests": P7_CAPACITY}
-    for name, fields in (("cra", 2), ("cred", 1)):
-        flavors = [dict(SEED_FLAVOR)] + ([fast] if fields == 2 else [])
+    for name, template, fields, flavors, output in (("cra", "cra", 2, [SEED_FLAVOR], "turns"),
+                                                     ("cred", "cred", 1, [SEED_FLAVOR], "summary"),
+                                                     ("context", "cra", 2, [SEED_FLAVOR, fast], "summary")):
         manifest = {"type": "summary", "fields": fields, "name": name, "description": {"en": "benchmark"},
-                    "backend": "vLLM", "flavor": flavors}
+                    "backend": "vLLM", "output": output, "flavor": [dict(f) for f in flavors]}
         (folder / f"{name}.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        shutil.copyfile(ROOT / "services" / f"{name}.txt", folder / f"{name}.txt")
+        shutil.copyfile(ROOT / "services" / f"{template}.txt", folder / f"{name}.txt")
 
 
 def job_wall(result: dict) -> float:
@@ -504,6 +511,17 @@ class Bench:
             log(f"single job {i + 1}: wall {run['wall']:.2f} s, engine {run['engine']:.2f} s, "
                 f"{run['calls']} calls")
 
+    def v1(self) -> Row:
+        """The answer checks' CPU time ÷ the engine's time, over the single cra job's batches (both
+        as the job's usage counts them: the same calls, side by side in one run)."""
+        row = Row.of("V1")
+        usage = self.single[0]["usage"]
+        calls, checking, engine = usage["calls"], usage["check_seconds"], usage["engine_seconds"]
+        row.judge(checking / engine)
+        row.detail = (f"{calls} batches: checks {1000 * checking / calls:.2f} ms per batch vs engine "
+                      f"{1000 * engine / calls:.0f} ms per call")
+        return row
+
     def p2(self) -> Row:
         row = Row.of("P2")
         ratios = [r["wall"] / r["engine"] for r in self.single]
@@ -573,10 +591,11 @@ class Bench:
     # -- P7, P8, P9 (one transcript-context job, one rolling-summary job) ------------------
 
     def run_context_jobs(self) -> None:
-        """fr_medium through cra "fast" (contextSource transcript), its GET /results/<id> polled
-        for the first `partial`; then through cra "seed" (the rolling summary), same engine."""
+        """fr_medium through "context"/"fast" (cra's template, contextSource transcript), its GET
+        /results/<id> polled for the first `partial`; then through "context"/"seed" (the rolling
+        summary), same engine."""
         set_engine(self.engine, self.sizes.p7_capacity, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
-        job_id = self.gateway.submit("cra", str(FR_MEDIUM), flavor="fast")
+        job_id = self.gateway.submit("context", str(FR_MEDIUM), flavor="fast")
         first_partial, polls, deadline = None, 0, time.monotonic() + self.sizes.job_timeout
         while time.monotonic() < deadline:
             body = self.gateway.result(job_id)
@@ -593,7 +612,7 @@ class Bench:
                         "per_call": statistics.mean(c["engine_s"] for c in calls), "polls": polls,
                         "first_partial": first_partial, "lines": len(fast["summarization"].splitlines())}
         set_engine(self.engine, self.sizes.p7_capacity, self.sizes.p7_base_ms, out_tokens=self.sizes.p6_out_tokens)
-        rolling = self.run_job("cra", FR_MEDIUM)
+        rolling = self.run_job("context", FR_MEDIUM)
         rolling_calls, _ = engine_calls(self.engine)
         self.context.update(rolling_wall=job_wall(rolling), rolling_calls=len(rolling_calls))
         log(f"transcript context: wall {self.context['wall']:.2f} s over {len(calls)} calls; rolling summary: "
@@ -1056,15 +1075,16 @@ def run(args) -> int:
 
     attempt("P3", lambda: Bench(sizes, args.smoke, profile_dir, Path(".")).p3())
     attempt("H1", lambda: h1(sizes))
-    if any(c in wanted for c in ("P1", "P2", "P4", "P5", "P6", "P7", "P8", "P9", "H2")):
+    if any(c in wanted for c in ("P1", "P2", "P4", "P5", "P6", "P7", "P8", "P9", "H2", "V1")):
         with tempfile.TemporaryDirectory(prefix="llm-gateway-bench-") as tmp:
             bench = Bench(sizes, args.smoke, profile_dir, Path(tmp))
             try:
                 bench.start()
-                if any(c in wanted for c in ("P1", "P2", "P4")):
+                if any(c in wanted for c in ("P1", "P2", "P4", "V1")):
                     bench.run_single()
                 attempt("P2", bench.p2)
                 attempt("P4", bench.p4)
+                attempt("V1", bench.v1)
                 attempt("P1", bench.p1)
                 attempt("P6", bench.p6)
                 if any(c in wanted for c in ("P7", "P8", "P9")):

@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "H1", "H2")
+CASES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "H1", "H2", "V1")
 COMPARE = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__, ">": float.__gt__}
 
 
@@ -40,7 +40,7 @@ def test_smoke_mode_measures_every_case_and_judges_it_by_its_target(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-             for line in done.stdout.splitlines() if line.startswith(("| P", "| H"))]
+             for line in done.stdout.splitlines() if line.startswith(("| P", "| H", "| V"))]
     assert [cells[0] for cells in table] == list(CASES), done.stdout
     rows = {row["case"]: row for row in json.loads(out.read_text(encoding="utf-8"))["rows"]}
     assert list(rows) == list(CASES)

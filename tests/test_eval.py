@@ -97,6 +97,12 @@ def test_figure_support_normalises_decimals_and_ignores_list_numbers():
     assert metrics.figure_support("3,3", "3.300")[0] == 100 and metrics.figure_support("3300", "3.300")[0] == 100
 
 
+def test_figure_support_counts_figures_the_transcript_says_in_words():
+    transcript = "M. DURAND : quarante-huit mille cent soixante-treize votants, soit trois millions d'euros."
+    share, count = metrics.figure_support("Il cite 48 173 votants, 3 millions d'euros et 12 recours.", transcript)
+    assert count == 3 and share == pytest.approx(100 * 2 / 3)        # 12 is never said
+
+
 def test_names_leave_out_sentence_starts_but_not_titles():
     prediction = ("Dans ce débat, M. Chirac répond à Lionel Jospin. Il parle de l'État.\n"
                   "- Le chômage selon Mme Le Pen et Monsieur Bayrou : **Selon** elle, rien.")
@@ -138,6 +144,9 @@ def test_run_summarises_on_a_gateway_and_scores(tmp_path, capsys):
         assert row["state"] == "complete" and row["calls"] >= 1 and row["tokens"] > 0 and row["seconds"] >= 0
         assert all(0 <= row[metric] <= 100 for metric in metrics.ROUGE_METRICS)
         assert 0 < row["compression"] and 0 <= row["novel_trigrams"] <= 100
+        # cra checks every answer turn by turn: the fake echoes every turn, so none is missing
+        assert row["checks"]["turns"] > 0 and row["checks"]["missing"] == 0
+    assert body["checks"]["turns"] == sum(row["checks"]["turns"] for row in body["files"])
     assert set(body["systems"]) == set(PUBLISHED) and all(s["count"] == 2 for s in body["systems"].values())
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Beside the published systems" in markdown and "| ChatGPT |" in markdown

@@ -155,10 +155,21 @@ def test_unknown_top_level_keys_name_the_allowed_ones_and_studio_keys_stay_accep
     with pytest.raises(ManifestError) as info:
         load_service(write_service(str(tmp_path), "svc", manifest(flavour=[flavor()])))
     assert str(info.value) == ("unknown top-level key(s) 'flavour' in the manifest; the allowed keys are"
-                               " name, fields, flavor, type, description, backend, route, format")
+                               " name, fields, flavor, type, description, backend, route, format, output")
     # LinTO Studio's manifests may carry `route` and `format`: they are served as written.
     service = load_service(write_service(str(tmp_path), "svc", manifest(route="svc", format="markdown")))
     assert (service.raw["route"], service.raw["format"]) == ("svc", "markdown")
+
+
+def test_output_says_how_answers_are_checked_and_is_validated(tmp_path):
+    assert load_service(write_service(str(tmp_path), "svc", manifest())).output == "summary"
+    assert load_service(write_service(str(tmp_path), "svc", manifest(output="turns"))).output == "turns"
+    assert load_service("services/cra.json").output == "turns"
+    assert load_service("services/cred.json").output == "summary"       # topics and decisions: free text
+    with pytest.raises(ManifestError, match="'output' must be one of summary, turns"):
+        load_service(write_service(str(tmp_path), "svc", manifest(output="lines")))
+    with pytest.raises(ManifestError, match="'output' must be a string"):
+        load_service(write_service(str(tmp_path), "svc", manifest(output=["turns"])))
 
 
 def alias_bomb(levels=7, width=9):

@@ -45,6 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"service": args.service, "flavor": args.flavor, "url": args.url, "out": str(out),
                               "jobs": len(jobs), "complete": len(done),
                               **scores.summarise(files, (*scores.MEAN_KEYS, *runs.RUN_KEYS)), "files": files}
+    if runs.checks_total(files):          # the answer checks of every job, added up (the last row)
+        result["checks"] = runs.checks_total(files)
     # The published systems, on the files this run summarised: a --limit run is compared on its own files.
     systems = {label: {key: result[key] for key in ("count", *scores.MEAN_KEYS) if key in result}}
     for folder in sorted(path for path in (data / "predictions").glob("*") if path.is_dir() and done):

@@ -63,6 +63,15 @@ def follow_all(client: GatewayClient, rows: list[dict[str, Any]], out: Path, tim
                 (out / f"{row['name']}.txt").write_text(result["summarization"] + "\n", encoding="utf-8")
 
 
+def checks_total(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """The jobs' `checks` added up, count by count (empty when no job reported any)."""
+    total: dict[str, int] = {}
+    for row in rows:
+        for key, count in (row.get("checks") or {}).items():
+            total[key] = total.get(key, 0) + count
+    return total
+
+
 def job_figures(result: dict[str, Any]) -> dict[str, Any]:
     """What a finished job says about itself: state, error, calls, tokens, seconds, and `checks` when
     the gateway reports them."""

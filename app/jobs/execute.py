@@ -28,6 +28,7 @@ from app.jobs.store import JobStore
 from app.logs import job_context
 from app.pipeline.chunking import BudgetError
 from app.pipeline.engine import EngineError, RetryPolicy, TransientEngineError, get_engine
+from app.pipeline.run import cache_figures
 from app.pipeline.summarize import Hooks, JobInterrupted, SummaryRequest, summarize
 from app.pipeline.tokenizers import get_tokenizer
 from app.pipeline.transcript import TranscriptError, Turn, parse_transcript
@@ -38,7 +39,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 # What a flavor that gave up had spent, added to its fallback flavor's usage: the job's usage counts both.
-_SPENT_KEYS = ("calls", "failed_calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries")
+_SPENT_KEYS = ("calls", "failed_calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries",
+               "check_seconds")
 
 
 def _add_spent(usage: dict, spent: dict) -> None:
@@ -47,8 +49,8 @@ def _add_spent(usage: dict, spent: dict) -> None:
     for key in _SPENT_KEYS:
         usage[key] = usage.get(key, 0) + spent.get(key, 0)
     if "cached_prompt_tokens" in usage and "cached_prompt_tokens" in spent:
-        usage["cached_prompt_tokens"] += spent["cached_prompt_tokens"]
-        usage["cached_share"] = round(usage["cached_prompt_tokens"] / max(1, usage["prompt_tokens"]), 4)
+        usage.update(cache_figures(usage["cached_prompt_tokens"] + spent["cached_prompt_tokens"],
+                                   usage["prompt_tokens"]))
     else:
         usage.pop("cached_prompt_tokens", None)
         usage.pop("cached_share", None)
@@ -201,7 +203,8 @@ class JobExecutor:
 
     # -- the outcomes ---------------------------------------------------------------
     def _completed(self, job: Job, result) -> Outcome:
-        if self.store.complete(job.id, result.text, result.usage, result.warnings, owner=job.owner):
+        if self.store.complete(job.id, result.text, result.usage, result.warnings, owner=job.owner,
+                               checks=result.checks):
             log.info("runner: job %s complete (%s)", job.id, result.usage)
             return Outcome.COMPLETE
         log.warning("runner: job %s finished here but is no longer held by this run; result dropped", job.id)
@@ -279,7 +282,7 @@ class JobExecutor:
             top_p=job.params.get("top_p", flavor.top_p), reduce_template=reduce_template, concurrency=concurrency,
             retry_policy=RetryPolicy(max_retries=self.settings.engine_retries,
                                      base_delay=self.settings.engine_retry_delay),
-            job_retries=self.settings.engine_job_retries)
+            job_retries=self.settings.engine_job_retries, output=plan.service.output)
         # Checkpoints append only what they add to the last one (summarize's Checkpoint), at most
         # once per interval (CheckpointWriter): both keep the bytes written near the input's size.
         writer = self._writers[job.id]

@@ -60,6 +60,7 @@ class Job:
     updated_at: float
     manifest: dict[str, Any] | None = None
     owner: str | None = None
+    checks: dict[str, int] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
@@ -74,4 +75,5 @@ class Job:
         data["warnings"] = json.loads(data["warnings"]) if data["warnings"] else []
         data["cancel_requested"] = bool(data["cancel_requested"])
         data["manifest"] = json.loads(data["manifest"]) if data.get("manifest") else None
+        data["checks"] = json.loads(data["checks"]) if data.get("checks") else None
         return cls(**data)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, make_url
 # Columns added after the first release: an existing database gets them at upgrade().
 # A `template` column, written by earlier versions and never read, stays in the databases that
 # have it: it was always nullable, so leaving it out of every statement is enough.
-ADDED_COLUMNS = ("manifest", "owner")
+ADDED_COLUMNS = ("manifest", "owner", "checks")
 # The key of a stored checkpoint head saying which of its keys lives in job_parts, and whether
 # that key is a list (parts concatenated) or a dict (parts merged, in insertion order).
 PARTS = "_parts"
@@ -69,6 +69,7 @@ def tables(dialect: str) -> Schema:
         Column("updated_at", Float, nullable=False),
         Column("manifest", Text),      # the service's manifest (JSON) when the job was accepted
         Column("owner", Text),         # who holds the job while processing: "host:pid:token"
+        Column("checks", Text),        # the answer checks' counts (JSON), once complete
     ]
     if dialect != "sqlite":
         columns.append(Column("seq", BigInteger, Identity(), nullable=False))

@@ -188,12 +188,14 @@ class JobStore(JobReads):
         return self.save_progress(job_id, 0, None, message, now, owner)
 
     def complete(self, job_id: str, result: str, usage: dict[str, Any], warnings: list[str] | None = None,
-                 now: float | None = None, owner: str | None = None) -> bool:
-        """Mark a processing job complete with its summary; False if it was not (or no longer) held."""
+                 now: float | None = None, owner: str | None = None, checks: dict[str, int] | None = None) -> bool:
+        """Mark a processing job complete with its summary (and the answer checks' counts); False if
+        it was not (or no longer) held."""
         now = time.time() if now is None else now
         with self.transaction() as conn:
             return conn.execute(update(self.jobs).where(self._mine(job_id, owner)).values(
                 status=JobStatus.COMPLETE, progress=100, result=result, usage=json.dumps(usage),
+                checks=_json_or_none(checks),
                 warnings=json.dumps(warnings or []), error=None, message="complete", finished_at=now,
                 updated_at=now)).rowcount > 0
 

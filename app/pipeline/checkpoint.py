@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from app.pipeline.prompts import uses_transcript_context
 from app.pipeline.run import Run
 
 CHECKPOINT_VERSION = 2    # 2: the checkpoint names the virtual turns it counts in ("turns")
@@ -37,7 +38,7 @@ def resume_state(run: Run, checkpoint: dict | None) -> dict[str, Any]:
     # The transcript as context keeps "outputs" by batch, the summary as context "lines": a
     # fallback flavor with the other contextSource cannot resume the other's checkpoint. Only
     # the new kind is marked, so checkpoints written before the key existed still resume.
-    context = run.request.flavor.context_source if run.request.fields == 2 else "summary"
+    context = "transcript" if uses_transcript_context(run.request) else "summary"
     if context != "summary":
         fresh["context"] = context
     if not checkpoint:
@@ -46,7 +47,7 @@ def resume_state(run: Run, checkpoint: dict | None) -> dict[str, Any]:
             or checkpoint.get("context", "summary") != context):
         run.post("the saved progress does not match this transcript as this flavor cuts it; starting over")
         return fresh
-    run.carry_over(checkpoint.get("usage") or {}, checkpoint.get("warnings") or [])
+    run.carry_over(checkpoint.get("usage") or {}, checkpoint.get("warnings") or [], checkpoint.get("checks"))
     return dict(checkpoint)
 
 

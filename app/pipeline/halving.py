@@ -9,21 +9,23 @@ from typing import Callable, Sequence
 
 from app.pipeline import chunking, prompts
 from app.pipeline.calls import call, cut_at
+from app.pipeline.checks import Tally
 from app.pipeline.engine import ContextOverflowError
 from app.pipeline.output import clean_output
 from app.pipeline.repetition import trim_repetition
 from app.pipeline.run import Run
 from app.pipeline.transcript import Turn
+from app.pipeline.verify import checked
 
 log = logging.getLogger(__name__)
 
 OnHalf = Callable[[int, list[str]], None]
 
 
-def summarize_turns(run: Run, start: int, turns: Sequence[Turn], prior: list[str] | None,
+def summarize_turns(run: Run, start: int, turns: Sequence[Turn], prior: list[str] | None, tally: Tally,
                     on_half: OnHalf | None = None) -> list[str]:
     """Summary lines of these turns (the first is virtual turn `start`); halves them when the
-    answer is cut or too long.
+    answer is cut or too long. Each answer is checked (app/pipeline/verify.py) into `tally`.
 
     `on_half(done, lines)` is called when the first half of a batch cut between whole turns
     is summarized (fields == 2: `lines` is the whole summary so far), to save a checkpoint.
@@ -38,25 +40,28 @@ def summarize_turns(run: Run, start: int, turns: Sequence[Turn], prior: list[str
             raise
         log.info("summarize: prompt of turn %d (%d turns) overflows; halving", start, len(turns))
         # One turn halved is cut by words: its first half is not a whole turn done.
-        return _summarize_halves(run, start, halves, prior, on_half if len(turns) > 1 else None)
+        return _summarize_halves(run, start, halves, prior, tally, on_half if len(turns) > 1 else None)
+    label = _turns_label(start, turns)
+    text = completion.text
     if completion.finish_reason == "length":
         looped = trim_repetition(completion.text)
         if looped is not None:
-            run.warn(f"the answer for {_turns_label(start, turns)} went into a loop (the same words "
+            run.warn(f"the answer for {label} went into a loop (the same words "
                      f"repeated up to maxGenerationLength); the repetition was cut off")
-            return clean_output(looped, template)
-        if len(turns) > 1:
+            text = looped
+        elif len(turns) > 1:
             log.info("summarize: answer for turn %d (%d turns) cut; halving", start, len(turns))
-            return _summarize_halves(run, start, _halve_turns(turns), prior, on_half)
-        run.warn(f"the summary of {_turns_label(start, turns)} was cut at "
-                 f"{cut_at(run.request.flavor, completion)}; kept as is")
-    return clean_output(completion.text, template)
+            return _summarize_halves(run, start, _halve_turns(turns), prior, tally, on_half)
+        else:
+            run.warn(f"the summary of {label} was cut at "
+                     f"{cut_at(run.request.flavor, completion)}; kept as is")
+    return checked(run, start, turns, prior, clean_output(text, template), tally, label)
 
 
 def _summarize_halves(run: Run, start: int, halves: tuple[Sequence[Turn], Sequence[Turn]],
-                      prior: list[str] | None, on_half: OnHalf | None) -> list[str]:
+                      prior: list[str] | None, tally: Tally, on_half: OnHalf | None) -> list[str]:
     first, second = halves
-    out = summarize_turns(run, start, first, prior, on_half)
+    out = summarize_turns(run, start, first, prior, tally, on_half)
     # With fields == 2 the second half's context is the summary including the first half, or
     # with the transcript as context, the turns before it: the first half's own.
     if prompts.uses_transcript_context(run.request):
@@ -69,7 +74,7 @@ def _summarize_halves(run: Run, start: int, halves: tuple[Sequence[Turn], Sequen
     if on_half is not None:
         on_half(start + len(first), after)
     run.check_stop()
-    return out + summarize_turns(run, start + len(first), second, after, on_half)
+    return out + summarize_turns(run, start + len(first), second, after, tally, on_half)
 
 
 def _turns_label(start: int, turns: Sequence[Turn]) -> str:

@@ -14,7 +14,8 @@ from app.services.manifests import Flavor
 class SummaryRequest:
     """How to summarize: the template and its number of fields (1 or 2), the flavor and sampling,
     the reduce template, how many calls may be in flight (fields == 1, or the transcript as
-    context: flavor.context_source), and the retry budgets."""
+    context: flavor.context_source), the retry budgets, and what the answers are checked as
+    (`output`: app/pipeline/checks.py)."""
 
     template: str
     fields: int
@@ -25,6 +26,7 @@ class SummaryRequest:
     concurrency: int = 8
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)   # the retries of one call
     job_retries: int | None = None       # the retries of the whole job, resumed runs included (None: no limit)
+    output: str = "summary"              # the service's "output": "turns" checks a line per speaker turn
 
 
 def _no_checkpoint(progress: int, state: dict) -> None:

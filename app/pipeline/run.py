@@ -1,9 +1,10 @@
 """One summarize() run: the context every stage works on.
 
 It holds what was asked (the request), what answers (engine, tokenizer), the plan's facts (the
-context reserve, the number of virtual turns and their fingerprint) and the hooks, all given at
-construction; and what the run accumulates: engine usage (with the prompt tokens the engine took
-from its prefix cache, when it says), warnings and progress. Worker threads (the concurrent
+context reserve, the number of virtual turns and their fingerprint, the transcript's speakers)
+and the hooks, all given at construction; and what the run accumulates: engine usage (with the
+prompt tokens the engine took from its prefix cache, when it says), the answer checks' tally,
+warnings and progress. Worker threads (the concurrent
 schedule) never call the hooks: they queue their messages here and read a stop flag that the
 calling thread keeps up to date.
 """
@@ -14,12 +15,20 @@ import queue
 import threading
 from typing import Any
 
+from app.pipeline.checks import MAX_WARNINGS, Tally
 from app.pipeline.engine import Completion
 from app.pipeline.request import Hooks, SummaryRequest
 
 log = logging.getLogger(__name__)
 
 _SLEEP_SLICE = 1.0      # backoff sleeps are cut in slices so a stop is not held up
+_FINDING = "check: "    # the answer checks' warnings start so (and are counted so against MAX_WARNINGS)
+
+
+def cache_figures(cached_tokens: int, prompt_tokens: int) -> dict[str, Any]:
+    """The usage keys of the engine's prefix cache: the prompt tokens it served, and their share."""
+    return {"cached_prompt_tokens": cached_tokens,
+            "cached_share": round(cached_tokens / prompt_tokens, 4) if prompt_tokens else 0.0}
 
 
 class JobInterrupted(Exception):
@@ -30,12 +39,15 @@ class Run:
     """The state of one summarize() run, shared by its stages and its worker threads."""
 
     def __init__(self, request: SummaryRequest, *, engine, tokenizer, hooks: Hooks,
-                 reserve: int, total: int, turns_digest: str):
+                 reserve: int, total: int, turns_digest: str, speakers: list[frozenset[str]] = ()):
         self.request, self.engine, self.tokenizer, self.hooks = request, engine, tokenizer, hooks
         self.reserve = reserve            # tokens of each prompt kept for the summary so far
         self.total, self.turns_digest = total, turns_digest
+        self.speakers = list(speakers)    # every speaker of the transcript (checks.speaker_key)
+        self.checks = Tally()             # the answer checks of the finished batches
+        self.findings_unworded = 0        # findings past MAX_WARNINGS: counted, not worded
         self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "engine_seconds": 0.0, "retries": 0, "failed_calls": 0}
+                      "engine_seconds": 0.0, "retries": 0, "failed_calls": 0, "check_seconds": 0.0}
         # Prompt tokens the engine served from its prefix cache, and how many answers said so:
         # a share is only true when every answer reported it (an engine that says nothing is
         # not one that cached nothing), so the report leaves both out otherwise.
@@ -70,6 +82,22 @@ class Run:
         log.warning("summarize: %s", warning)
         with self.lock:
             self.warnings.append(warning)
+
+    def finish_batch(self, tally: Tally) -> None:
+        """Add a finished batch's checks (from the calling thread, before its checkpoint): its
+        findings become warnings, up to MAX_WARNINGS per job; past that they are only counted."""
+        worded = sum(1 for w in self.warnings if w.startswith(_FINDING))
+        room = max(0, MAX_WARNINGS - worded)
+        for warning in tally.warnings[:room]:
+            self.warn(_FINDING + warning)
+        self.findings_unworded += max(0, len(tally.warnings) - room)
+        tally.warnings = []
+        self.checks.add(tally)
+        tally.clear()
+
+    def checks_report(self) -> dict[str, int]:
+        """The `checks` counts of GET /results."""
+        return self.checks.counts()
 
     # --- stopping --------------------------------------------------------------------------
 
@@ -122,9 +150,10 @@ class Run:
             self.usage["retries"] += 1
             return True
 
-    def carry_over(self, usage: dict[str, Any], warnings: list[str]) -> None:
-        """Add what the run this one resumes had spent and warned."""
+    def carry_over(self, usage: dict[str, Any], warnings: list[str], checks: dict[str, int] | None = None) -> None:
+        """Add what the run this one resumes had spent, warned and found."""
         with self.lock:
+            self.checks.add(Tally.from_counts(checks or {}))
             for key, value in usage.items():
                 if key in self.usage:
                     self.usage[key] += value
@@ -138,11 +167,11 @@ class Run:
         """The usage totals as reported to the user; with `cached_prompt_tokens` and
         `cached_share` (of prompt_tokens) when the engine reported its cache on every call."""
         with self.lock:
-            report = {**self.usage, "engine_seconds": round(self.usage["engine_seconds"], 3)}
-            calls, prompt_tokens = self.usage["calls"], self.usage["prompt_tokens"]
+            report = {**self.usage, "engine_seconds": round(self.usage["engine_seconds"], 3),
+                      "check_seconds": round(self.usage["check_seconds"], 4)}
+            calls = self.usage["calls"]
             if calls and self.cached_calls == calls:
-                report["cached_prompt_tokens"] = self.cached_tokens
-                report["cached_share"] = round(self.cached_tokens / prompt_tokens, 4) if prompt_tokens else 0.0
+                report.update(cache_figures(self.cached_tokens, self.usage["prompt_tokens"]))
             return report
 
     # --- progress and checkpoints ----------------------------------------------------------
@@ -155,5 +184,5 @@ class Run:
 
     def save(self, state: dict[str, Any], done: int) -> None:
         """Hand a checkpoint to on_checkpoint, with the usage and warnings so far."""
-        state.update(usage=self.usage_report(), warnings=list(self.warnings))
+        state.update(usage=self.usage_report(), warnings=list(self.warnings), checks=self.checks_report())
         self.hooks.on_checkpoint(self.advance(done), state)

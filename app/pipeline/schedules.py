@@ -2,7 +2,8 @@
 the summary so far for continuity. fields == 1, or fields == 2 with contextSource "transcript"
 (the context is the turns before the batch, known from the plan): independent batches run
 concurrently, their outputs kept in transcript order. Either way a checkpoint is saved after
-every batch."""
+every batch, with the checks of the batches it holds (each batch's Tally is added to the run
+then, and only then: a batch redone after a kill -9 is counted once)."""
 from __future__ import annotations
 
 import contextvars
@@ -10,6 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from app.pipeline.checkpoint import Checkpoint
+from app.pipeline.checks import Tally
 from app.pipeline.halving import summarize_turns
 from app.pipeline.prompts import transcript_before, uses_transcript_context
 from app.pipeline.run import Run
@@ -19,8 +21,11 @@ _POLL_SECONDS = 0.5     # how often the concurrent loop looks at should_stop whi
 
 def in_order(run: Run, batches, state: dict[str, Any]) -> list[str]:
     """fields == 2: batch after batch, each with the end of the summary so far."""
+    tally = Tally()      # the checks since the last save: what it saves holds exactly their turns
+
     def save(upto: int, so_far: list[str]) -> None:
         # so_far always extends the lines saved last (halves included): only the rest is new.
+        run.finish_batch(tally)
         run.save(Checkpoint({**state, "done": upto, "lines": list(so_far)}, "lines", saved[0]), upto)
         saved[0] = len(so_far)
 
@@ -36,7 +41,7 @@ def in_order(run: Run, batches, state: dict[str, Any]) -> list[str]:
         # A checkpoint falls inside a batch when the plan moved or the batch was halved
         # (on_half: save after its first half); skip the turns that are done.
         skip = max(0, done - batch.start)
-        lines += summarize_turns(run, batch.start + skip, batch.turns[skip:], lines, on_half=save)
+        lines += summarize_turns(run, batch.start + skip, batch.turns[skip:], lines, tally, on_half=save)
         done = end
         save(done, lines)
     return lines
@@ -65,21 +70,22 @@ def concurrently(run: Run, batches, state: dict[str, Any]) -> list[str]:
     done = sum(sizes[s] for s in outputs)
     run.advance(done)
     todo = [b for b in batches if b.start not in outputs]
-    in_flight: dict[Future, Any] = {}
+    in_flight: dict[Future, tuple[Any, Tally]] = {}
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="summarize")
     try:
         while todo or in_flight:
             while todo and len(in_flight) < concurrency:
                 run.check_stop()
-                batch = todo.pop(0)
+                batch, tally = todo.pop(0), Tally()
                 # A copy of the context per batch: its log lines carry the job id.
                 in_flight[pool.submit(contextvars.copy_context().run, summarize_turns,
-                                      run, batch.start, batch.turns, context(batch))] = batch
+                                      run, batch.start, batch.turns, context(batch), tally)] = batch, tally
             finished, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
             run.deliver_messages()
             for future in finished:
-                batch = in_flight.pop(future)
+                batch, tally = in_flight.pop(future)
                 outputs[batch.start] = future.result()   # a permanent error stops the job
+                run.finish_batch(tally)
                 done += len(batch.turns)
                 run.save(Checkpoint({**state, "outputs": {
                     str(s): {"turns": sizes[s], "lines": out} for s, out in outputs.items()}},

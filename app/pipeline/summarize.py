@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from app.pipeline import chunking, schedules
+from app.pipeline import checks, chunking, schedules
 from app.pipeline.checkpoint import Checkpoint, digest_turns, partial_lines, resume_state
 from app.pipeline.engine import EngineClient, EngineError
 from app.pipeline.output import clean_output, consolidate
@@ -29,11 +29,13 @@ _PLAN_CHECK_SECONDS = 0.25   # how often planning asks should_stop (it may query
 
 @dataclass
 class SummaryResult:
-    """The summary text, engine usage totals, and warnings the user must see."""
+    """The summary text, engine usage totals, warnings the user must see, and the answer checks'
+    counts (app/pipeline/checks.py)."""
 
     text: str
     usage: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    checks: dict[str, int] = field(default_factory=dict)
 
 
 def summarize(turns: Sequence[Turn], request: SummaryRequest, *, engine: EngineClient, tokenizer,
@@ -49,8 +51,10 @@ def summarize(turns: Sequence[Turn], request: SummaryRequest, *, engine: EngineC
     reserve = chunking.default_context_reserve(flavor) if request.fields == 2 else 0
     batches = chunking.plan_batches(list(turns), request.template, request.fields, flavor, tokenizer,
                                     context_reserve=reserve, check=_planning_check(hooks.should_stop))
+    speakers = {checks.speaker_key(turn.speaker) for turn in turns if turn.speaker}
     run = Run(request, engine=engine, tokenizer=tokenizer, hooks=hooks, reserve=reserve,
-              total=sum(len(b.turns) for b in batches), turns_digest=digest_turns(batches))
+              total=sum(len(b.turns) for b in batches), turns_digest=digest_turns(batches),
+              speakers=sorted(speakers, key=sorted))
     state = resume_state(run, checkpoint)
     try:
         if request.fields == 2 and not uses_transcript_context(request):
@@ -64,7 +68,10 @@ def summarize(turns: Sequence[Turn], request: SummaryRequest, *, engine: EngineC
         raise
     if flavor.consolidate_summary:
         lines = consolidate(lines)
-    return SummaryResult("\n".join(lines), run.usage_report(), list(run.warnings))
+    if run.findings_unworded:
+        run.warn(f"check: {run.findings_unworded} more findings of the answer checks are counted in "
+                 "`checks` but not listed here")
+    return SummaryResult("\n".join(lines), run.usage_report(), list(run.warnings), run.checks_report())
 
 
 def _planning_check(should_stop: Callable[[], bool]) -> Callable[[], None]:

@@ -63,6 +63,9 @@ class Service:
     type: str = "summary"
     description: dict[str, str] = field(default_factory=dict)
     backend: str = "vLLM"
+    # "output": what the answers are checked as (app/pipeline/checks.py). "turns": one
+    # "Speaker : text" line per speaker turn (a compte rendu analytique); "summary": free text.
+    output: str = "summary"
     raw: dict[str, Any] = field(default_factory=dict)  # the manifest as written (seed shape)
 
     def flavor(self, name: str | None) -> Flavor | None:
@@ -90,7 +93,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 MAX_MANIFEST_BYTES = 256 * 1024
 # The seed's top-level keys, then `route` and `format`, which LinTO Studio's manifests may carry
 # (served as written, not interpreted here). Anything else is most likely a typo: refused.
-MANIFEST_KEYS = ("name", "fields", "flavor", "type", "description", "backend", "route", "format")
+MANIFEST_KEYS = ("name", "fields", "flavor", "type", "description", "backend", "route", "format", "output")
+OUTPUTS = ("summary", "turns")   # the values of "output" (app/pipeline/checks.py)
 # Earlier versions listed invalid files under "errors" beside the services in GET /services: a
 # service of that name would be ambiguous to clients written for them.
 RESERVED_NAMES = frozenset({"errors"})
@@ -295,9 +299,12 @@ def load_service(manifest_path: str) -> Service:
     _check_type("manifest", "fields", data["fields"], (int,))
     if data["fields"] not in (1, 2):
         raise ManifestError("'fields' must be 1 (turns only) or 2 (previous summary, then turns)")
-    for key in ("type", "backend"):
+    for key in ("type", "backend", "output"):
         if key in data:
             _check_type("manifest", key, data[key], (str,))
+    if data.get("output", "summary") not in OUTPUTS:
+        raise ManifestError(f"'output' must be one of {', '.join(OUTPUTS)} ('turns': one line per speaker turn,"
+                            " checked turn by turn), not {data['output']!r}")
     description = data.get("description", {})
     if isinstance(description, str):
         description = {"en": description}
@@ -323,7 +330,8 @@ def load_service(manifest_path: str) -> Service:
     service = Service(name=name, fields=data["fields"], flavors=flavors, template_path=template_path,
                       manifest_path=os.path.abspath(manifest_path), template=template,
                       reduce_templates=reduce_templates, type=data.get("type", "summary"),
-                      description=description, backend=data.get("backend", "vLLM"), raw=data)
+                      description=description, backend=data.get("backend", "vLLM"),
+                      output=data.get("output", "summary"), raw=data)
     for flavor in flavors:
         check_prompt_room(service, flavor, template)
     return service

@@ -12,7 +12,7 @@ first LinTO LLM gateway wrote them, and acts on their exact words:
 | cancelled  | "error"      | "The job was cancelled." (`cancelled`: true) | 200 |
 
 Human-readable detail ("engine unavailable, retrying (3/8)") goes to `detail`, never to
-`message`. Everything else (progress, error, usage, warnings, service, flavor, timestamps) is
+`message`. Everything else (progress, error, usage, warnings, checks, service, flavor, timestamps) is
 ours; `state` keeps the store's own word (failed, cancelled) for filters and scripts.
 The websocket (`task_view`) speaks the same words with the seed's v1 keys (`task_id`, `details`).
 """
@@ -69,6 +69,8 @@ def job_view(job: Job) -> dict[str, Any]:
         body["summarization"] = job.result
         if job.warnings:
             body["warnings"] = job.warnings
+        if job.checks is not None:
+            body["checks"] = job.checks
     elif job.status == JobStatus.FAILED.value:
         body["error"] = job.error
     elif job.status == JobStatus.CANCELLED.value:

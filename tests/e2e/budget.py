@@ -62,7 +62,9 @@ class Work:
 
     The worst case is the one a rambling model makes: every answer is cut at maxGenerationLength
     and is no loop, so each batch of n turns is redone in halves down to single turns, 2n - 1
-    calls in all, each prompt at most the batch's own.
+    calls in all, each prompt at most the batch's own; and for a per-turn service ("output":
+    "turns"), each of the n single-turn answers leaves its turn out and is asked again once:
+    n calls more.
     """
 
     label: str
@@ -99,7 +101,7 @@ def plan_work(label: str, text: str, manifest: str, flavor_name: str, api_base: 
     calls = prompt_tokens = 0
     for batch in batches:
         prompt = chunking.fill_template(template, values("\n".join(chunking.render_turn(t) for t in batch.turns)))
-        n = 2 * len(batch.turns) - 1
+        n = 2 * len(batch.turns) - 1 + (len(batch.turns) if service.output == "turns" else 0)
         # fields: 2 prompts also carry the previous summary lines, up to the reserve.
         calls, prompt_tokens = calls + n, prompt_tokens + n * (tokenizer.count(prompt) + tokenizer.chat_overhead() + reserve)
     return Work(label, len(batches), calls, prompt_tokens, calls * flavor.max_generation_length)

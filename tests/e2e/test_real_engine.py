@@ -300,6 +300,47 @@ def test_transcript_context_against_the_rolling_summary(engine, gateway, jobs, s
            f" {usages[FAST_FLAVOR].get('cached_share')} vs {usages[E2E_FLAVOR].get('cached_share')}")
 
 
+def test_eval_run_scores_the_real_engine_on_fredsum(engine, gateway, jobs, speed, tmp_path):
+    """`python3 -m app.eval run` (issue 12) on the real engine: FREDSum's shortest test debate through
+    `cra` with the transcript as context, scored against its three human references and beside the
+    three published systems, with the jobs' answer checks. The figures are printed, not asserted
+    (a 135M model writes rough text: low scores are the point of having them)."""
+    import json
+    import shutil
+    from app.eval.cli import main
+    started, ids, limit, why = jobs
+    for job_id in ids.values():               # the session's jobs first: this job has the engine alone
+        wait_result(gateway, job_id, limit, why)
+    fredsum = os.path.join(ROOT, "tests", "data", "fredsum_test")
+    name = "Melenchon_Guaino--Partie_4_Sixieme_Republique"       # the shortest: 1,070 words
+    data = tmp_path / "fredsum_one"
+    for folder, _, files in os.walk(fredsum):
+        for file in files:
+            if file == f"{name}.txt":
+                target = data / os.path.relpath(folder, fredsum)
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(os.path.join(folder, file), target / file)
+    with open(data / "transcripts" / f"{name}.txt", encoding="utf-8") as handle:
+        text = handle.read()
+    work = budget.plan_work(f"cra {FAST_FLAVOR} on {name}", text, os.path.join(gateway.services_dir, "cra.json"),
+                            FAST_FLAVOR, engine.api_base)
+    deadline = budget.deadline([work], speed)
+    out = tmp_path / "report.json"
+    code = main(["run", str(data), "--url", gateway.url, "--service", "cra", "--flavor", FAST_FLAVOR,
+                 "--json", str(out), "--timeout", f"{deadline:.0f}"])
+    body = json.loads(out.read_text(encoding="utf-8"))
+    assert code == 0 and body["complete"] == body["count"] == 1, body["files"]
+    row = body["files"][0]
+    assert all(0 <= row[metric] <= 100 for metric in ("rouge1", "rouge2", "rougeL"))
+    assert row["checks"]["turns"] > 0 and row["calls"] >= work.batches
+    systems = "; ".join(f"{system} {figures['rouge1']:.2f} / {figures['rouge2']:.2f} / {figures['rougeL']:.2f}"
+                        for system, figures in sorted(body["systems"].items()))
+    report(f"[{engine.kind}] app.eval run, cra/{FAST_FLAVOR} on {name}: ROUGE-1/2/L {row['rouge1']:.2f} /"
+           f" {row['rouge2']:.2f} / {row['rougeL']:.2f}, figures ok {row.get('figure_support')}, names ok"
+           f" {row.get('name_support')}, {row['calls']} calls, {row['seconds']:.1f} s, checks {row['checks']};"
+           f" published on the same file: {systems}")
+
+
 def test_gateway_token_count_matches_the_engine(engine):
     """app.pipeline.tokenizers counts a prompt as the engine will: compare with the engine's usage.prompt_tokens."""
     from app.pipeline.chunking import fill_template
