@@ -191,6 +191,16 @@ def test_a_summary_keeps_its_lines_but_names_what_the_transcript_does_not_hold()
     assert result.checks["turns"] == 0          # no turn-by-turn alignment for a summary
 
 
+def test_a_name_no_turn_holds_is_named_with_its_line():
+    turns = sitting()[:20]
+    with FakeEngine(words_per_line=WORDS, answers={"invent_figure": "selon Mme Josiane Inventée"}) as fake:
+        result = cra(fake, turns)
+        answers = sum(r["finish_reason"] == "stop" for r in fake.chat_requests())
+    named = [w for w in result.warnings if w.startswith("check: the name Josiane Inventée in the line «")]
+    assert len(named) == result.checks["unsupportedNames"] == answers
+    assert result.checks["unsupportedFigures"] == 0 and result.checks["missing"] == 0
+
+
 # --- through the gateway: GET /results, and a kill -9 in the middle of an asked-again batch --
 
 def test_kill_9_while_a_batch_is_asked_again_resumes_with_every_turn(tmp_path, services, deployment):
