@@ -72,9 +72,10 @@ def test_submit_then_status_list_and_cancel(gateway):
     code, stdout, _ = run(gateway, "status", job_id)
     body = json.loads(stdout)
     assert code == 0 and body["status"] == "complete"
-    # Usage in results: every job reports its calls (answered and failed), tokens, engine time and retries.
+    # Usage in results: every job reports its calls (answered and failed), tokens, engine time, retries
+    # and the answer checks' own time.
     assert set(body["usage"]) == {"calls", "prompt_tokens", "completion_tokens", "engine_seconds", "retries", "failed_calls",
-                                  "flavor"}
+                                  "check_seconds", "flavor"}
     assert body["usage"]["calls"] >= 1 and body["usage"]["prompt_tokens"] > 0
     code, stdout, stderr = run(gateway, "list", "--status", "complete", "--service", "cred", "--limit", "5")
     assert code == 0 and job_id in stdout and "complete" in stdout and "job(s)" in stderr
