@@ -131,6 +131,32 @@ def test_turns_always_left_out_are_reported_missing_by_turn_and_speaker():
     assert result.checks["turnsInReport"] + result.checks["missing"] + result.checks["briefOmitted"] == 120
 
 
+def test_findings_past_the_worded_limit_are_counted_the_same_after_a_resume():
+    """One turn in two always left out: more findings than MAX_WARNINGS. A job stopped once the
+    limit is passed and resumed from its checkpoint words the same warnings as one run in one go,
+    and its closing sentence counts the findings left unworded before the stop too."""
+    import json
+
+    from app.pipeline.summarize import JobInterrupted
+
+    turns = sitting()
+    with FakeEngine(words_per_line=WORDS, answers={"skip_always_every": 2}) as fake:
+        whole = cra(fake, turns)
+        saved = []
+
+        def past_the_limit() -> bool:
+            return bool(saved) and saved[-1].get("findingsUnworded", 0) > 0
+        with pytest.raises(JobInterrupted):
+            cra(fake, turns, on_checkpoint=lambda progress, state: saved.append(json.loads(json.dumps(state))),
+                should_stop=past_the_limit)
+        resumed = cra(fake, turns, checkpoint=saved[-1])
+    findings = [w for w in whole.warnings if w.startswith("check:")]
+    assert whole.checks["missing"] > checks.MAX_WARNINGS
+    assert len(findings) == checks.MAX_WARNINGS + 1 and "more findings" in findings[-1]
+    assert saved[-1]["done"] < len(turns)                     # stopped before the end
+    assert resumed.warnings == whole.warnings and resumed.checks == whole.checks
+
+
 def test_merged_and_reordered_answers_end_with_every_turn_in_order():
     """An engine that merges a turn into the one before it (always) and answers in reverse order:
     the merged turns are asked again together, batch by batch; in that second answer the engine

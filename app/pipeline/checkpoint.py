@@ -47,7 +47,8 @@ def resume_state(run: Run, checkpoint: dict | None) -> dict[str, Any]:
             or checkpoint.get("context", "summary") != context):
         run.post("the saved progress does not match this transcript as this flavor cuts it; starting over")
         return fresh
-    run.carry_over(checkpoint.get("usage") or {}, checkpoint.get("warnings") or [], checkpoint.get("checks"))
+    run.carry_over(checkpoint.get("usage") or {}, checkpoint.get("warnings") or [], checkpoint.get("checks"),
+                   int(checkpoint.get("findingsUnworded") or 0))
     return dict(checkpoint)
 
 

@@ -203,7 +203,7 @@ def align(lines: Sequence[str], items: Sequence[Intervention], known: Sequence[f
             continue
         slot = owner[i] if owner[i] is not None else previous
         if slot is None:          # a line before any placed one: it leads the first intervention
-            slot = owner_of_first(owner)
+            slot = _owner_of_first(owner)
         slots.setdefault(slot, []).append(line.text)
         previous = slot
     missing = [item for item in items if item.index not in taken]
@@ -238,7 +238,7 @@ def _in_order(lines: list[int], items: int, common: dict[int, dict[int, int]]) -
     return pairs, best[0][0] if rows and cols else 0
 
 
-def owner_of_first(owner: list[int | None]) -> int:
+def _owner_of_first(owner: list[int | None]) -> int:
     placed = [o for o in owner if o is not None and o >= 0]
     return min(placed) if placed else 0
 

@@ -85,13 +85,14 @@ class Run:
 
     def finish_batch(self, tally: Tally) -> None:
         """Add a finished batch's checks (from the calling thread, before its checkpoint): its
-        findings become warnings, up to MAX_WARNINGS per job; past that they are only counted."""
+        findings become warnings, up to MAX_WARNINGS per job; past that they are only counted.
+        The worded ones are counted from the warnings, which a resumed run carries over."""
         worded = sum(1 for w in self.warnings if w.startswith(_FINDING))
         room = max(0, MAX_WARNINGS - worded)
         for warning in tally.warnings[:room]:
             self.warn(_FINDING + warning)
         self.findings_unworded += max(0, len(tally.warnings) - room)
-        tally.warnings = []
+        tally.warnings = []       # worded above: the job's tally keeps counts only
         self.checks.add(tally)
         tally.clear()
 
@@ -150,10 +151,12 @@ class Run:
             self.usage["retries"] += 1
             return True
 
-    def carry_over(self, usage: dict[str, Any], warnings: list[str], checks: dict[str, int] | None = None) -> None:
+    def carry_over(self, usage: dict[str, Any], warnings: list[str], checks: dict[str, int] | None = None,
+                   findings_unworded: int = 0) -> None:
         """Add what the run this one resumes had spent, warned and found."""
         with self.lock:
             self.checks.add(Tally.from_counts(checks or {}))
+            self.findings_unworded += findings_unworded
             for key, value in usage.items():
                 if key in self.usage:
                     self.usage[key] += value
@@ -184,5 +187,6 @@ class Run:
 
     def save(self, state: dict[str, Any], done: int) -> None:
         """Hand a checkpoint to on_checkpoint, with the usage and warnings so far."""
-        state.update(usage=self.usage_report(), warnings=list(self.warnings), checks=self.checks_report())
+        state.update(usage=self.usage_report(), warnings=list(self.warnings), checks=self.checks_report(),
+                     findingsUnworded=self.findings_unworded)
         self.hooks.on_checkpoint(self.advance(done), state)
