@@ -21,10 +21,13 @@ CLIENTS = 64
 SECONDS = 12          # how long the slow clients keep their connections busy
 
 
-@pytest.fixture
-def gateway(tmp_path, deployment):
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, module_deployment):
+    """One gateway for the module's tests (embedded, then scaled): each leaves it as it found it
+    (its connections closed) and checks that it still answers."""
     engine = FakeEngineProcess()
-    gw = Gateway(tmp_path, engine.base_url, services_dir="services", deployment=deployment).start()
+    gw = Gateway(tmp_path_factory.mktemp("slow_clients"), engine.base_url, services_dir="services",
+                 deployment=module_deployment).start()
     yield gw
     gw.stop()
     engine.stop()

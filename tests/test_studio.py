@@ -31,7 +31,7 @@ import pytest
 import requests
 from simple_websocket import Client, ConnectionClosed, ConnectionError as HandshakeRefused
 
-from tests.processes import Gateway, wait_until
+from tests.processes import FakeEngineProcess, Gateway, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -135,10 +135,34 @@ def studio_poll(gateway, export: StudioExport, timeout: float = 60) -> StudioExp
     raise AssertionError(f"Studio would still be polling {export.job_id}: {export}")
 
 
-@pytest.fixture
-def engine_delay():
-    """Slow enough answers that a job is seen queued and processing (conftest's `engine` uses it)."""
-    return 0.2
+ENGINE_DELAY = 0.2      # slow enough answers that a job is seen queued and processing
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One fake engine for the module; `engine_as_new` gives each test it as new."""
+    process = FakeEngineProcess("--delay", str(ENGINE_DELAY))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, engine, module_deployment):
+    """One gateway for the module's tests, embedded then scaled: starting one per test was most of
+    the module's time. Each test makes its own jobs and waits for them to end."""
+    tmp = tmp_path_factory.mktemp("studio")
+    shutil.copytree("services", tmp / "services")
+    started = Gateway(tmp, engine.base_url, services_dir=str(tmp / "services"), workers=2,
+                      deployment=module_deployment).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(autouse=True)
+def engine_as_new(engine):
+    """No call of an earlier test in flight, its faults and recorded requests forgotten, the delay reset."""
+    engine.wait_idle()
+    engine.control(reset=True, delay=ENGINE_DELAY)
 
 
 def test_the_export_page_lists_the_services_as_an_array(gateway):
