@@ -346,6 +346,27 @@ def prepare(kind: str) -> None:
     log(f"{kind}: ready (cache {cache_dir()})")
 
 
+# LLM_GATEWAY_ENGINE_NO_AVX512=1: vLLM runs as on a CPU without AVX-512 (AMD EPYC Rome/Milan, many
+# VMs), to measure on a machine that has it what such a CPU would take (issue: CI must pass there).
+# vLLM picks its kernels (_C_AVX2 vs _C_AVX512) and attention paths from torch.cpu's probes, which
+# read the hardware, so the probes are answered "no" in every Python process of the engine (this
+# sitecustomize on its PYTHONPATH); torch and oneDNN are capped at AVX2 by their own variables, and
+# the dtype is float32 as on such a CPU. The clock and cache of the machine stay what they are, so
+# this is an approximation, not the other machine. llama.cpp needs nothing: it is always built
+# without AVX-512 (llamacpp_cpu_options).
+NO_AVX512_SITECUSTOMIZE = """\
+# Written by scripts/engine.py (LLM_GATEWAY_ENGINE_NO_AVX512=1): torch.cpu's probes say no AVX-512.
+import torch.cpu
+torch.cpu._is_avx512_supported = lambda: False
+torch.cpu._is_avx512_bf16_supported = lambda: False
+torch.cpu._is_amx_tile_supported = lambda: False
+"""
+
+
+def no_avx512() -> bool:
+    return os.environ.get("LLM_GATEWAY_ENGINE_NO_AVX512") == "1"
+
+
 def engine_env(kind: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -357,6 +378,13 @@ def engine_env(kind: str) -> dict[str, str]:
             "VLLM_HOST_IP": "127.0.0.1",            # its internal sockets stay on loopback
             # Thread binding stays vLLM's "auto": on 2 cores, 1 compute thread + 1 core for the rest.
         })
+        if no_avx512():
+            folder = path("no-avx512")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "sitecustomize.py"), "w", encoding="utf-8") as handle:
+                handle.write(NO_AVX512_SITECUSTOMIZE)
+            env.update({"PYTHONPATH": os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")])),
+                        "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
     return env
 
 
@@ -370,6 +398,8 @@ def vllm_dtype() -> str:
     chosen = os.environ.get("LLM_GATEWAY_VLLM_DTYPE")
     if chosen:
         return chosen
+    if no_avx512():
+        return "float32"
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(cpu_flags().split()) else "float32"
 
 
