@@ -76,6 +76,7 @@ class Engine:
     root: str              # http://127.0.0.1:PORT
     model: str
     log: str               # the engine's log file
+    pid: int               # the engine's process, leader of its process group
 
     def log_text(self) -> str:
         with open(self.log, encoding="utf-8", errors="replace") as handle:
@@ -108,7 +109,7 @@ def engine(request):
         info = json.loads(out.strip().splitlines()[-1])
         report(f"[{kind}] prepare + start: {time.monotonic() - started:.1f} s")
         yield Engine(kind=kind, api_base=info["api_base"], root=info["api_base"][: -len("/v1")],
-                     model=info["model"], log=info["log"])
+                     model=info["model"], log=info["log"], pid=info["pid"])
     finally:
         stopped = time.monotonic()
         engine_cli("stop", "--kind", kind, "--port", str(port), timeout=120)

@@ -395,6 +395,40 @@ def test_gateway_token_count_matches_the_engine(engine):
     assert all(abs(d) <= TOKEN_TOLERANCE for _, d in differences), differences
 
 
+def group_maps(leader: int) -> str:
+    """The memory maps of every process in the engine's process group (vLLM's API server and its
+    engine core are two processes)."""
+    texts = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                pgrp = int(handle.read().rsplit(")", 1)[1].split()[2])
+            if pgrp == leader:
+                with open(f"/proc/{entry}/maps", encoding="utf-8") as handle:
+                    texts.append(handle.read())
+        except (OSError, ValueError, IndexError):
+            continue            # a process that ended meanwhile
+    return "\n".join(texts)
+
+
+def test_vllm_runs_the_kernels_of_the_cpu_it_runs_as(engine):
+    """vLLM's CPU build ships kernels for AVX2, AVX-512 and AVX-512 with BF16 and loads one by
+    torch's CPU probes. On a CPU without AVX-512, or when scripts/engine.py runs it as on one
+    (LLM_GATEWAY_ENGINE_NO_AVX512=1), the AVX2 kernels must be the ones loaded: else the times
+    measured so would not be those of such a CPU."""
+    if engine.kind != "vllm":
+        pytest.skip("vLLM's kernels: llama.cpp is built without AVX-512 on every x86 CPU")
+    loaded = set(re.findall(r"/vllm/(_C(?:_AVX2|_AVX512)?)\.abi3\.so", group_maps(engine.pid)))
+    emulated = os.environ.get("LLM_GATEWAY_ENGINE_NO_AVX512") == "1"
+    report(f"[vllm] kernels loaded: {sorted(loaded)}"
+           f"{' (run as on a CPU without AVX-512)' if emulated else ''}")
+    assert len(loaded) == 1, loaded
+    if emulated or "avx512f" not in engine_module().cpu_flags().split():
+        assert loaded == {"_C_AVX2"}, loaded
+
+
 def chat_statuses(kind: str, log_text: str) -> list[int]:
     """HTTP statuses of the chat completions the engine answered, in order, from its log."""
     if kind == "vllm":       # uvicorn: 127.0.0.1:PORT - "POST /v1/chat/completions HTTP/1.1" 200 OK
