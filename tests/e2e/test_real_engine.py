@@ -27,7 +27,7 @@ from app.client import FINAL, GatewayClient, GatewayError, PollTimeout, poll
 from tests.e2e import budget
 from tests.e2e.conftest import (E2E_FLAVOR, FAST_FLAVOR, FULL_FLAVOR, FULL_OVERRIDES, KINDS, ROOT, SERVICES_DIR,
                                 engine_module, report)
-from tests.processes import Gateway
+from tests.processes import Gateway, group_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -399,16 +399,11 @@ def group_maps(leader: int) -> str:
     """The memory maps of every process in the engine's process group (vLLM's API server and its
     engine core are two processes)."""
     texts = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in group_pids(leader):
         try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
-                pgrp = int(handle.read().rsplit(")", 1)[1].split()[2])
-            if pgrp == leader:
-                with open(f"/proc/{entry}/maps", encoding="utf-8") as handle:
-                    texts.append(handle.read())
-        except (OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/maps", encoding="utf-8") as handle:
+                texts.append(handle.read())
+        except OSError:
             continue            # a process that ended meanwhile
     return "\n".join(texts)
 
@@ -420,12 +415,13 @@ def test_vllm_runs_the_kernels_of_the_cpu_it_runs_as(engine):
     measured so would not be those of such a CPU."""
     if engine.kind != "vllm":
         pytest.skip("vLLM's kernels: llama.cpp is built without AVX-512 on every x86 CPU")
+    script = engine_module()
     loaded = set(re.findall(r"/vllm/(_C(?:_AVX2|_AVX512)?)\.abi3\.so", group_maps(engine.pid)))
-    emulated = os.environ.get("LLM_GATEWAY_ENGINE_NO_AVX512") == "1"
+    emulated = script.no_avx512()
     report(f"[vllm] kernels loaded: {sorted(loaded)}"
            f"{' (run as on a CPU without AVX-512)' if emulated else ''}")
     assert len(loaded) == 1, loaded
-    if emulated or "avx512f" not in engine_module().cpu_flags().split():
+    if emulated or "avx512f" not in script.cpu_flags().split():
         assert loaded == {"_C_AVX2"}, loaded
 
 
