@@ -115,3 +115,16 @@ def test_a_fifo_in_the_folder_does_not_freeze_hot_reload(tmp_path, registry):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_a_change_no_event_announced_is_found_by_the_rescan(tmp_path):
+    """No watchdog here (the registry is not started): only the rescan can see the new file."""
+    from app.services.registry import RESCAN_S
+    reg = ServiceRegistry(str(tmp_path), debounce=0.5)
+    reg.reload()
+    write_service(str(tmp_path), "svc", manifest(name="svc"))
+    now = time.monotonic()
+    assert reg.tick(now) is False and reg.get("svc") is None          # not yet due
+    assert reg.tick(now + RESCAN_S + 1) is False                      # found changed: debounce starts
+    assert reg.tick(now + RESCAN_S + 2) is True and reg.get("svc") is not None
+    assert reg.tick(now + 3 * RESCAN_S) is False                      # unchanged since that load

@@ -21,6 +21,20 @@ from app.services.manifests import MANIFEST_SUFFIXES, ManifestError, Service, lo
 log = logging.getLogger(__name__)
 
 WATCHED_SUFFIXES = MANIFEST_SUFFIXES + (".txt",)
+# The folder is also compared with its last load this often: an event watchdog never delivers
+# (seen now and then in a gevent web worker; inotify says nothing on some network and bind
+# mounts, and drops events when its queue overflows) delays a reload by this much, not forever.
+RESCAN_S = 5.0
+
+
+def folder_signature(folder: str) -> tuple:
+    """Name, modification time and size of each watched file: what a reload would read."""
+    try:
+        with os.scandir(folder) as entries:
+            return tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                                for entry in entries if entry.name.endswith(WATCHED_SUFFIXES)))
+    except OSError:             # no folder (yet), or a file gone between listing and stat
+        return ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class ServiceRegistry:
         self._snapshot = Snapshot()
         self._dirty = threading.Event()
         self._last_event = 0.0
+        self._loaded_signature: tuple = ()
+        self._next_scan = 0.0
         self._stop = threading.Event()
         self._observer: Observer | None = None
         self._thread: threading.Thread | None = None
@@ -112,6 +128,9 @@ class ServiceRegistry:
 
     def reload(self) -> Snapshot:
         """Load the folder now and swap the result in."""
+        # Taken before loading: a change made while it loads is seen by the next scan.
+        self._loaded_signature = folder_signature(self.folder)
+        self._next_scan = time.monotonic() + RESCAN_S
         snapshot = load_folder(self.folder, self._snapshot)
         self._snapshot = snapshot
         log.info("services: loaded %s%s", ", ".join(sorted(snapshot.services)) or "none",
@@ -126,8 +145,16 @@ class ServiceRegistry:
         self._dirty.set()
 
     def tick(self, now: float | None = None) -> bool:
-        """Reload if the folder changed and has been quiet for the debounce; True if reloaded."""
+        """Reload if the folder changed and has been quiet for the debounce; True if reloaded.
+        Every RESCAN_S without a reload, the folder is compared with its last load, in case an
+        event was missed."""
         now = time.monotonic() if now is None else now
+        if not self._dirty.is_set() and now >= self._next_scan:
+            self._next_scan = now + RESCAN_S
+            if folder_signature(self.folder) != self._loaded_signature:
+                log.info("services: the folder changed without an event; reloading")
+                self._last_event = now
+                self._dirty.set()
         if self._dirty.is_set() and now - self._last_event >= self.debounce:
             self._dirty.clear()
             self.reload()
